@@ -1,0 +1,94 @@
+"""The size dial: `depth` alone decides the model and its training hyperparameters, so runs at every scale are
+made the same way and are comparable (the report's "predictable scaling" needs exactly that).
+
+Each rule carries its reason. Override any derived value explicitly on the command line if you must; the run
+records what was used.
+"""
+import math
+from dataclasses import dataclass, asdict, field
+
+from .model.gpt import ModelConfig
+
+ASPECT = 64  # width = 64·depth: nanochat's aspect ratio; Kaplan et al. 2020 find loss flat across aspect ratios 20-200
+HEAD_DIM = 64  # fixed head size, so more width means more heads (GPT-2/3 practice); keeps SDPA shapes efficient
+BASE_WIDTH = 64  # muP base width: the learning rate below was tuned at width 64 and transfers to every width
+BASE_LR = 1e-2  # Adam lr at the base width (swept at depth 1-2, see bench/lr_sweep.py); muP scales hidden lr by 64/width
+TOKENS_PER_PARAM = 20  # Chinchilla (Hoffmann et al. 2022): compute-optimal horizon ≈ 20 tokens per parameter
+TARGET_STEPS = 1000  # optimizer steps a run aims for; batch grows with the horizon instead (critical batch grows with compute)
+
+
+def kv_heads(n_head):
+    """Grouped-query attention with groups of two query heads per key/value head where the head count allows."""
+    return n_head // 2 if n_head % 2 == 0 else n_head
+
+
+@dataclass
+class TrainConfig:
+    depth: int = 4
+    vocab_size: int = 8192
+    seq_len: int = 256
+    tokens_per_param: float = TOKENS_PER_PARAM
+    lr: float = BASE_LR
+    weight_decay: float = 0.1  # GPT-3 / Chinchilla value, applied to matrices only
+    beta1: float = 0.9
+    beta2: float = 0.95  # GPT-3: 0.95 is more stable than 0.999 for LMs
+    grad_clip: float = 1.0  # GPT-3
+    warmup_frac: float = 0.02  # short linear warmup: Adam's second moments need a few steps
+    cooldown_frac: float = 0.4  # warmup-stable-decay: linear decay to 0 over the last 40% (Hägele et al. 2024; nanochat)
+    batch_tokens: int = 0  # 0 = derived from the horizon (see derive)
+    micro_batch: int = 64  # sequences per forward/backward; gradient accumulation makes up the rest
+    max_tokens: int = 0  # 0 = derived: tokens_per_param · params
+    seed: int = 1337
+    eval_every: int = 100
+    eval_tokens: int = 65536  # tokens per validation split per evaluation
+    ckpt_every: int = 200
+    dtype: str = "bfloat16"  # on the project's CPU bf16 matmul runs ~4x fp32 (shared/PERF-NOTES.md); float32 for exactness tests
+    compile: bool = False
+    spike_factor: float = 3.0  # loss-spike guard: a step whose loss exceeds this multiple of the running mean is a spike
+    extra: dict = field(default_factory=dict)
+
+    def model_config(self) -> ModelConfig:
+        width = ASPECT * self.depth
+        n_head = max(1, width // HEAD_DIM)
+        return ModelConfig(vocab_size=self.vocab_size, n_layer=self.depth, n_embd=width, n_head=n_head,
+                           n_kv_head=kv_heads(n_head), seq_len=self.seq_len, base_width=BASE_WIDTH)
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def count_params(mc: ModelConfig):
+    """Parameters of the model a config makes, without building it (matches GPT.num_params)."""
+    d, L, V = mc.n_embd, mc.n_layer, mc.vocab_size
+    attn = d * mc.n_head * mc.head_dim * 2 + d * 2 * mc.n_kv_head * mc.head_dim
+    mlp = 2 * d * 4 * d
+    return 2 * V * d + L * (attn + mlp)
+
+
+def derive(tc: TrainConfig) -> dict:
+    """Everything derived from the dial: horizon, batch, steps. Parameters for the horizon count every weight
+    (embedding and readout included), as Chinchilla does."""
+    mc = tc.model_config()
+    n = count_params(mc)
+    tokens = tc.max_tokens or int(tc.tokens_per_param * n)
+    seq_tokens = tc.seq_len
+    if tc.batch_tokens:
+        batch = tc.batch_tokens
+    else:  # a power of two near tokens/TARGET_STEPS, at least 8 sequences, at most 512K tokens (GPT-3's small-model batch)
+        batch = 2 ** round(math.log2(max(tokens / TARGET_STEPS, 8 * seq_tokens)))
+        batch = min(max(batch, 8 * seq_tokens), 2 ** 19)
+    batch_seqs = max(1, batch // seq_tokens)
+    steps = max(1, tokens // (batch_seqs * seq_tokens))
+    return dict(params=n, tokens=steps * batch_seqs * seq_tokens, batch_seqs=batch_seqs, steps=steps,
+                warmup_steps=max(1, round(tc.warmup_frac * steps)),
+                cooldown_steps=max(1, round(tc.cooldown_frac * steps)))
+
+
+def lr_factor(step, d):
+    """Warmup-stable-decay multiplier in [0, 1] for optimizer step `step` (0-based)."""
+    if step < d["warmup_steps"]:
+        return (step + 1) / d["warmup_steps"]
+    decay_start = d["steps"] - d["cooldown_steps"]
+    if step < decay_start:
+        return 1.0
+    return max(0.0, (d["steps"] - step) / d["cooldown_steps"])

@@ -1,0 +1,236 @@
+"""The GPT decoder: RoPE, parameter-free RMSNorm, grouped-query attention via SDPA, ReLU² MLP, no biases,
+a KV cache for generation, and image embeddings spliced in at image-placeholder tokens.
+
+Parametrisation is maximal-update style (muP, Yang et al. 2022, "Tensor Programs V"): hidden matrices are
+initialised with std 1/sqrt(fan_in) and trained with a learning rate scaled by base_width/width (see
+`param_groups`), the readout's logits are multiplied by base_width/width and it starts at zero, and the
+embedding is initialised at unit scale. The best learning rate then stays put as the width grows;
+tests/test_model.py::test_coord_check proves it.
+"""
+import math
+from dataclasses import dataclass, asdict
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 8192
+    n_layer: int = 4
+    n_embd: int = 256
+    n_head: int = 4
+    n_kv_head: int = 2
+    seq_len: int = 256
+    base_width: int = 64  # muP: the width at which the learning rates were tuned
+    image_token_id: int = -1  # id of the image placeholder token (-1: no images)
+    rope_theta: float = 10000.0
+
+    @property
+    def head_dim(self):
+        return self.n_embd // self.n_head
+
+    def to_dict(self):
+        return asdict(self)
+
+    def validate(self):
+        if self.n_embd % self.n_head or self.n_head % self.n_kv_head:
+            raise ValueError(f"bad head layout: n_embd={self.n_embd} n_head={self.n_head} n_kv_head={self.n_kv_head}")
+        if self.head_dim % 2:
+            raise ValueError("head_dim must be even for RoPE")
+        return self
+
+
+def rms_norm(x):
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def rope_tables(seq_len, head_dim, theta, device=None):
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
+    freqs = torch.outer(torch.arange(seq_len, dtype=torch.float32, device=device), inv_freq)
+    return freqs.cos(), freqs.sin()  # (T, hd/2) each
+
+
+def apply_rope(x, cos, sin):
+    # x: (B, H, T, hd); rotate pairs (first half, second half)
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+class KVCache:
+    """Pre-allocated keys and values for every layer; `pos` is how many positions are filled."""
+
+    def __init__(self, cfg: ModelConfig, batch_size, max_len, dtype=torch.float32, device=None):
+        shape = (cfg.n_layer, batch_size, cfg.n_kv_head, max_len, cfg.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.pos = 0
+        self.max_len = max_len
+
+    def update(self, layer, k, v):
+        T = k.size(2)
+        if self.pos + T > self.max_len:
+            raise ValueError(f"KV cache full: {self.pos}+{T} > {self.max_len}")
+        self.k[layer, :, :, self.pos:self.pos + T] = k
+        self.v[layer, :, :, self.pos:self.pos + T] = v
+        return self.k[layer, :, :, :self.pos + T], self.v[layer, :, :, :self.pos + T]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx):
+        super().__init__()
+        self.cfg, self.layer_idx = cfg, layer_idx
+        hd = cfg.head_dim
+        self.c_q = nn.Linear(cfg.n_embd, cfg.n_head * hd, bias=False)
+        self.c_kv = nn.Linear(cfg.n_embd, 2 * cfg.n_kv_head * hd, bias=False)
+        self.c_proj = nn.Linear(cfg.n_head * hd, cfg.n_embd, bias=False)
+
+    def forward(self, x, cos, sin, cache=None):
+        B, T, _ = x.shape
+        H, KV, hd = self.cfg.n_head, self.cfg.n_kv_head, self.cfg.head_dim
+        q = self.c_q(x).view(B, T, H, hd).transpose(1, 2)
+        k, v = self.c_kv(x).view(B, T, 2, KV, hd).permute(2, 0, 3, 1, 4)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k = rms_norm(q), rms_norm(k)  # QK-norm keeps attention logits bounded at every width
+        mask, causal = None, True
+        if cache is not None:
+            start = cache.pos
+            k, v = cache.update(self.layer_idx, k, v)
+            if start > 0:  # queries at positions start..start+T-1 see keys 0..their own position
+                causal = False
+                if T > 1:
+                    mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None and T > 1,
+                                           enable_gqa=KV != H)
+        return self.c_proj(y.transpose(1, 2).reshape(B, T, H * hd))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=False)
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=False)
+
+    def forward(self, x):
+        return self.c_proj(F.relu(self.c_fc(x)).square())  # ReLU² (So et al. 2021, "Primer")
+
+
+class Block(nn.Module):
+    def __init__(self, cfg, layer_idx):
+        super().__init__()
+        self.attn = Attention(cfg, layer_idx)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, cache=None):
+        x = x + self.attn(rms_norm(x), cos, sin, cache)
+        return x + self.mlp(rms_norm(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg.validate()
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        cos, sin = rope_tables(cfg.seq_len, cfg.head_dim, cfg.rope_theta)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+        self.init_weights()
+
+    @property
+    def width_mult(self):
+        return self.cfg.n_embd / self.cfg.base_width
+
+    @torch.no_grad()
+    def init_weights(self, seed=None):
+        g = torch.Generator().manual_seed(seed) if seed is not None else None
+        nn.init.normal_(self.wte.weight, std=1.0, generator=g)  # muP input layer: O(1) init
+        for block in self.blocks:
+            for lin in (block.attn.c_q, block.attn.c_kv, block.mlp.c_fc):
+                nn.init.normal_(lin.weight, std=lin.in_features ** -0.5, generator=g)  # hidden: 1/sqrt(fan_in)
+            nn.init.zeros_(block.attn.c_proj.weight)  # residual branches start as identity (modded-nanogpt)
+            nn.init.zeros_(block.mlp.c_proj.weight)
+        nn.init.zeros_(self.lm_head.weight)  # muP readout: zero init
+
+    def param_groups(self, lr, weight_decay):
+        """AdamW groups with muP learning rates: hidden matrices get lr/width_mult, embedding and readout lr."""
+        hidden = [p for b in self.blocks for p in b.parameters()]
+        return [
+            dict(params=[self.wte.weight], lr=lr, weight_decay=0.0, name="embedding"),
+            dict(params=hidden, lr=lr / self.width_mult, weight_decay=weight_decay, name="hidden"),
+            dict(params=[self.lm_head.weight], lr=lr, weight_decay=weight_decay, name="readout"),
+        ]
+
+    def num_params(self, non_embedding=False):
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.wte.weight.numel() - self.lm_head.weight.numel() if non_embedding else n
+
+    def flops_per_token(self, seq_len=None):
+        """Training FLOPs per token: 6·N for the matmuls (embedding lookup excluded, readout included) plus the
+        attention score/value term 12·L·T·d (PaLM appendix B; nanoGPT's estimate_mfu), causal half not subtracted."""
+        T = seq_len or self.cfg.seq_len
+        n = self.num_params() - self.wte.weight.numel()
+        return 6 * n + 12 * self.cfg.n_layer * T * self.cfg.n_embd
+
+    def embed(self, idx, images=None):
+        x = self.wte(idx)
+        if images is not None and len(images):
+            pos = idx == self.cfg.image_token_id
+            n = int(pos.sum())
+            if n != images.size(0):
+                raise ValueError(f"{images.size(0)} image embeddings for {n} image placeholder tokens")
+            x = x.masked_scatter(pos.unsqueeze(-1), images.to(x.dtype))
+        return x
+
+    def forward(self, idx, targets=None, images=None, cache=None, loss_mask=None, reduction="mean"):
+        """idx (B,T) token ids; images (n_placeholders, n_embd) row-major over placeholder positions;
+        returns logits (B,T,V) or, with targets, the mean cross-entropy (ignore_index -1)."""
+        B, T = idx.shape
+        start = cache.pos if cache is not None else 0
+        if start + T > self.cfg.seq_len:
+            raise ValueError(f"sequence of {start + T} tokens exceeds the context of {self.cfg.seq_len}")
+        cos, sin = self.cos[start:start + T], self.sin[start:start + T]
+        x = self.embed(idx, images)
+        for block in self.blocks:
+            x = block(x, cos, sin, cache)
+        if cache is not None:
+            cache.pos += T
+        x = rms_norm(x)
+        logits = self.lm_head(x) / self.width_mult  # muP readout multiplier
+        if targets is None:
+            return logits
+        if loss_mask is not None:
+            targets = targets.masked_fill(loss_mask == 0, -1)
+        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1,
+                               reduction=reduction)
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, stop_ids=(), generator=None,
+                 use_cache=True):
+        """Sample continuations of idx (B,T); yields each new token column (B,) as it is produced."""
+        B, T = idx.shape
+        max_len = min(self.cfg.seq_len, T + max_new_tokens)
+        cache = KVCache(self.cfg, B, max_len, dtype=next(self.parameters()).dtype, device=idx.device) if use_cache else None
+        seq = idx
+        logits = self(idx, cache=cache)[:, -1]
+        for _ in range(max_new_tokens):
+            if seq.size(1) >= self.cfg.seq_len:
+                break
+            if temperature == 0:
+                nxt = logits.argmax(-1)
+            else:
+                logits = logits.float() / temperature
+                if top_k:
+                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                nxt = torch.multinomial(F.softmax(logits, -1), 1, generator=generator).squeeze(1)
+            yield nxt
+            seq = torch.cat([seq, nxt[:, None]], dim=1)
+            if stop_ids and all(int(t) in stop_ids for t in nxt):
+                break
+            if seq.size(1) >= self.cfg.seq_len:
+                break
+            logits = (self(nxt[:, None], cache=cache) if use_cache else self(seq))[:, -1]

@@ -1,0 +1,138 @@
+"""Model tests: shapes, KV-cache exactness, image splicing, the size dial, and the muP coordinate check."""
+import pytest
+import torch
+
+from nanogpt4 import config as C
+from nanogpt4.model.gpt import GPT, ModelConfig, KVCache
+
+
+def tiny(**kw):
+    cfg = dict(vocab_size=97, n_layer=2, n_embd=64, n_head=4, n_kv_head=2, seq_len=32, image_token_id=96)
+    cfg.update(kw)
+    m = GPT(ModelConfig(**cfg))
+    m.init_weights(seed=0)
+    with torch.no_grad():  # zero-init branches make every position identical; perturb so the test can see mistakes
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return m.eval()
+
+
+def test_forward_and_loss():
+    m = tiny()
+    x = torch.randint(0, 96, (3, 16))
+    assert m(x).shape == (3, 16, 97)
+    loss = m(x, x)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    mask = torch.zeros_like(x)
+    mask[:, :4] = 1
+    masked = m(x, x, loss_mask=mask)
+    assert not torch.isclose(masked, loss)  # the mask changes which tokens count
+
+
+def test_causality():
+    m = tiny()
+    x = torch.randint(0, 96, (1, 20))
+    y = x.clone()
+    y[0, 10:] = (y[0, 10:] + 1) % 96
+    assert torch.allclose(m(x)[0, :10], m(y)[0, :10], atol=1e-6)
+    assert not torch.allclose(m(x)[0, 10:], m(y)[0, 10:], atol=1e-3)
+
+
+def test_kv_cache_matches_full_forward():
+    torch.manual_seed(0)
+    m = tiny()
+    x = torch.randint(0, 96, (2, 24))
+    full = m(x)
+    cache = KVCache(m.cfg, 2, 24)
+    parts = [m(x[:, :10], cache=cache), m(x[:, 10:11], cache=cache), m(x[:, 11:24], cache=cache)]
+    assert cache.pos == 24
+    assert torch.allclose(torch.cat(parts, 1), full, atol=1e-5)
+
+
+def test_generate_cache_equals_no_cache_greedy():
+    m = tiny()
+    x = torch.randint(0, 96, (2, 5))
+    a = torch.stack(list(m.generate(x, 20, temperature=0)), 1)
+    b = torch.stack(list(m.generate(x, 20, temperature=0, use_cache=False)), 1)
+    assert torch.equal(a, b)
+
+
+def test_image_embeddings_are_spliced_at_placeholders():
+    m = tiny()
+    img = m.cfg.image_token_id
+    x = torch.tensor([[5, img, img, 7, 8], [img, 3, 4, 5, 6]])
+    emb = torch.randn(3, m.cfg.n_embd)
+    e = m.embed(x, emb)
+    assert torch.equal(e[0, 1], emb[0]) and torch.equal(e[0, 2], emb[1]) and torch.equal(e[1, 0], emb[2])
+    assert torch.equal(e[0, 0], m.wte.weight[5])
+    out_a, out_b = m(x, images=emb), m(x, images=torch.randn(3, m.cfg.n_embd))
+    assert not torch.allclose(out_a[0, 3:], out_b[0, 3:])  # later tokens see the image
+    assert torch.allclose(out_a[0, 0], out_b[0, 0])  # earlier ones do not
+    with pytest.raises(ValueError, match="image embeddings"):
+        m(x, images=torch.randn(2, m.cfg.n_embd))
+
+
+def test_context_overflow_is_a_clear_error():
+    m = tiny()
+    with pytest.raises(ValueError, match="exceeds the context"):
+        m(torch.zeros(1, 33, dtype=torch.long))
+
+
+def test_size_dial_derivation():
+    prev = None
+    for depth in (1, 2, 4, 6, 8):
+        tc = C.TrainConfig(depth=depth)
+        mc = tc.model_config()
+        assert mc.n_embd == 64 * depth and mc.head_dim == 64 and mc.n_head % mc.n_kv_head == 0
+        m = GPT(mc)
+        d = C.derive(tc)
+        assert d["params"] == m.num_params()
+        assert abs(d["tokens"] - 20 * d["params"]) / (20 * d["params"]) < 0.05
+        assert d["batch_seqs"] * tc.seq_len * d["steps"] == d["tokens"]
+        if prev:
+            assert d["params"] > prev["params"] and d["batch_seqs"] >= prev["batch_seqs"]
+        prev = d
+    d = C.derive(C.TrainConfig(depth=2))
+    assert C.lr_factor(0, d) == pytest.approx(1 / d["warmup_steps"])
+    assert C.lr_factor(d["steps"] // 2, d) == 1.0
+    assert C.lr_factor(d["steps"] - 1, d) == pytest.approx(1 / d["cooldown_steps"])
+
+
+def coord_check(mup, widths=(64, 128, 256, 512), steps=4, lr=1e-2):
+    """Mean |activation| of the residual stream and the logits after a few Adam steps, per width."""
+    out = {}
+    for w in widths:
+        torch.manual_seed(0)
+        cfg = ModelConfig(vocab_size=128, n_layer=2, n_embd=w, n_head=w // 32, n_kv_head=w // 64, seq_len=32,
+                          base_width=64 if mup else w)
+        m = GPT(cfg)
+        m.init_weights(seed=0)
+        opt = torch.optim.Adam(m.param_groups(lr, 0.0))
+        g = torch.Generator().manual_seed(0)
+        data = torch.randint(0, 128, (8, 33), generator=g)
+        for _ in range(steps):
+            loss = m(data[:, :-1], data[:, 1:])
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+        acts = {}
+        hooks = [b.register_forward_hook(lambda mod, i, o, k=k: acts.__setitem__(f"block{k}", o.abs().mean().item()))
+                 for k, b in enumerate(m.blocks)]
+        with torch.no_grad():
+            acts["logits"] = m(data[:, :-1]).abs().mean().item()
+        for h in hooks:
+            h.remove()
+        out[w] = acts
+    return out
+
+
+def growth(res):
+    """Largest factor (up or down), over activations, between the widest and the narrowest model."""
+    ws = sorted(res)
+    return max(max(r, 1 / r) for r in (res[ws[-1]][k] / res[ws[0]][k] for k in res[ws[0]]))
+
+
+def test_coord_check_mup_is_flat_and_standard_param_is_not():
+    mup, sp = coord_check(True), coord_check(False)
+    assert growth(mup) < 2.5, mup  # 8x the width: every activation within 2.5x (measured: ~2x, logits)
+    assert growth(sp) > 8.0, sp  # the same model without muP scaling blows up: the check can fail
