@@ -136,3 +136,10 @@ def test_coord_check_mup_is_flat_and_standard_param_is_not():
     mup, sp = coord_check(True), coord_check(False)
     assert growth(mup) < 2.5, mup  # 8x the width: every activation within 2.5x (measured: ~2x, logits)
     assert growth(sp) > 8.0, sp  # the same model without muP scaling blows up: the check can fail
+
+
+def test_explicit_attention_matches_sdpa():
+    from nanogpt4.model.gpt import explicit_causal_attention
+    q, k, v = torch.randn(2, 4, 16, 8), torch.randn(2, 2, 16, 8), torch.randn(2, 2, 16, 8)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    assert torch.allclose(explicit_causal_attention(q, k, v), ref, atol=1e-5)

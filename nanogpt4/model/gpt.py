@@ -59,6 +59,19 @@ def apply_rope(x, cos, sin):
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
+def explicit_causal_attention(q, k, v):
+    """softmax(QKᵀ/√d + causal mask)·V written out. Under torch.compile on CPU, inductor fuses the mask and
+    softmax around two bf16 matmuls, which trained ~20% faster than CPU flash-SDPA at 256 context (measured:
+    8.9k vs 7.4k tok/s at depth 4); eager and GPU runs keep SDPA."""
+    H, KV, T = q.size(1), k.size(1), q.size(2)
+    if KV != H:
+        k, v = k.repeat_interleave(H // KV, 1), v.repeat_interleave(H // KV, 1)
+    scores = (q @ k.transpose(-1, -2)) * q.size(-1) ** -0.5
+    causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+    scores = scores.masked_fill(~causal, float("-inf"))
+    return torch.softmax(scores.float(), -1).to(q.dtype) @ v
+
+
 class KVCache:
     """Pre-allocated keys and values for every layer; `pos` is how many positions are filled."""
 
@@ -102,8 +115,11 @@ class Attention(nn.Module):
                 causal = False
                 if T > 1:
                     mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None and T > 1,
-                                           enable_gqa=KV != H)
+        if cache is None and x.device.type == "cpu" and torch.compiler.is_compiling():
+            y = explicit_causal_attention(q, k, v)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None and T > 1,
+                                               enable_gqa=KV != H)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, H * hd))
 
 
