@@ -58,3 +58,14 @@ def git_commit() -> str:
 
 def command_line() -> str:
     return " ".join([Path(sys.argv[0]).name] + sys.argv[1:])
+
+
+def iter_jsonl(path):
+    """Yield one object per non-empty line of a JSONL file; a bad line is an error naming file and line."""
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{n}: invalid JSON ({e})") from e

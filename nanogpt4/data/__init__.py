@@ -1,0 +1,1 @@
+"""Data: the corpus from pinned registry packages, and token shards."""

@@ -1,0 +1,77 @@
+"""`nanogpt4 run`: the main job. Runs every stage in order on a preset — each stage exactly as its own CLI
+command would, skipping stages whose outputs are complete — then writes the report card."""
+import argparse
+import importlib
+import json
+import shlex
+import time
+from pathlib import Path
+
+from .common import atomic_write_json
+
+# Presets: the size dial plus the training horizon. "cpu" fits the main job in ~20 min on a 2-core laptop-class
+# CPU (download included); "gpu" is a Chinchilla-horizon run for one GPU.
+PRESETS = {
+    "cpu": ["--depth", "4", "--max-tokens", "6000000", "--compile"],
+    "gpu": ["--depth", "12", "--seq-len", "1024", "--micro-batch", "32", "--compile"],
+    "tiny": ["--depth", "1", "--max-tokens", "200000", "--eval-every", "20", "--eval-tokens", "8192",
+             "--dtype", "float32"],  # for tests: seconds, not minutes
+}
+
+
+def run_stage(name, argv):
+    """Run one stage exactly as `nanogpt4 <name> <argv>` would; returns (result, seconds)."""
+    from .cli import STAGES
+    module = importlib.import_module(STAGES[name][0])
+    p = argparse.ArgumentParser(prog=f"nanogpt4 {name}")
+    module.add_args(p)
+    print(f"\n$ nanogpt4 {name} {shlex.join(argv)}", flush=True)
+    t = time.perf_counter()
+    result = module.main(p.parse_args(argv))
+    return result, time.perf_counter() - t
+
+
+def add_args(p):
+    p.add_argument("--out", default="runs/default", help="work directory for every stage's outputs")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    p.add_argument("--sources", default=None, help="comma list of corpus sources (default: all)")
+    p.add_argument("--vocab-size", type=int, default=8192)
+    p.add_argument("--cache", default=None, help="download cache (default ~/.cache/nanogpt4)")
+
+
+def main(args):
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings_path = out / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+
+    def stage(name, argv, marker):
+        """Run a stage; keep the timing of the run that did the work, not of a later one that skipped it."""
+        was_done = (out / marker).exists()
+        _, secs = run_stage(name, argv)
+        if not (was_done and name in timings):
+            timings[name] = dict(seconds=round(secs, 1), command=f"nanogpt4 {name} {shlex.join(argv)}",
+                                 at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+            atomic_write_json(timings_path, timings)
+
+    data = ["--out", str(out / "corpus")]
+    if args.sources:
+        data += ["--sources", args.sources]
+    if args.cache:
+        data += ["--cache", args.cache]
+    stage("data", data, "corpus/manifest.json")
+    stage("tokenizer", ["--corpus", str(out / "corpus"), "--out", str(out / "tokenizer"),
+                        "--vocab-size", str(args.vocab_size)], "tokenizer/tokens/meta.json")
+    stage("pretrain", ["--out", str(out / "pretrain"), "--tokens", str(out / "tokenizer" / "tokens"), "--resume"]
+          + PRESETS[args.preset], "pretrain/done.json")
+    from . import report, sample
+    model, tok = sample.load_run(out / "pretrain")
+    prompts = ["The ", "In the beginning", "def main(", "Call me Ishmael."]
+    t = time.perf_counter()
+    samples = [dict(prompt=p, completion=sample.complete(model, tok, p, max_new_tokens=80, seed=i, num=1)[0])
+               for i, p in enumerate(prompts)]
+    atomic_write_json(out / "samples.json", samples)
+    timings["sample"] = dict(seconds=round(time.perf_counter() - t, 1), command="nanogpt4.sample.complete")
+    atomic_write_json(timings_path, timings)
+    path = report.write(out)
+    print(f"\nreport card: {path}")

@@ -1,0 +1,155 @@
+"""The report card: report.md + PNG plots from the artifacts each stage wrote into the work directory.
+Every number here is read from a file a stage measured and wrote; the report says which."""
+import json
+import statistics
+from pathlib import Path
+
+from .common import atomic_write_text
+
+
+def _read(path):
+    path = Path(path)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _metrics(run):
+    path = Path(run) / "metrics.jsonl"
+    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
+
+
+def plot_losses(metrics, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    train = [m for m in metrics if "loss" in m and "event" not in m]
+    ax.plot([m["tokens"] / 1e6 for m in train], [m["loss"] for m in train], lw=1, alpha=0.7, label="train (batch)")
+    evals = [m for m in metrics if any(k.startswith("val/") for k in m)]
+    for key in sorted({k for m in evals for k in m if k.startswith("val/")}):
+        pts = [(m["tokens"] / 1e6, m[key]) for m in evals if key in m]
+        ax.plot(*zip(*pts), marker="o", ms=3, label=key[4:])
+    for m in metrics:
+        if m.get("event") == "spike":
+            ax.axvline(m.get("tokens", 0) / 1e6, color="red", lw=0.5)
+    ax.set_xlabel("training tokens (M)")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_ylim(top=min(ax.get_ylim()[1], 10))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_throughput(metrics, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = [m for m in metrics if "tok_s" in m]
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.plot([m["step"] for m in rows], [m["tok_s"] for m in rows], lw=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("tokens/s")
+    ax2 = ax.twinx()
+    ax2.plot([m["step"] for m in rows], [100 * m["mfu"] for m in rows], lw=0)
+    ax2.set_ylabel("MFU (%)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def corpus_section(out):
+    man = _read(out / "corpus" / "manifest.json")
+    if not man:
+        return []
+    lines = ["## Corpus", "", "From `corpus/manifest.json` (written by `nanogpt4 data`).", "",
+             "| source | registry | package | version | docs kept | MB kept |", "|---|---|---|---|---:|---:|"]
+    for s in man.get("sources", []):
+        lines.append(f"| {s.get('name')} | {s.get('registry')} | {s.get('package')} | {s.get('version')} | "
+                     f"{s.get('docs_kept', s.get('docs', ''))} | {s.get('bytes_kept', s.get('bytes', 0)) / 1e6:.2f} |")
+    lines.append("")
+    if "filters" in man:
+        lines += ["Filtered documents (per reason): `" + json.dumps(man["filters"], sort_keys=True)[:1500] + "`", ""]
+    if "splits" in man:
+        lines += ["Splits: " + ", ".join(f"{k}: {v.get('docs')} docs, {v.get('bytes', 0) / 1e6:.1f} MB"
+                                          for k, v in man["splits"].items()), ""]
+    return lines
+
+
+def tokenizer_section(out):
+    rep = _read(out / "tokenizer" / "report.json")
+    if not rep:
+        return []
+    lines = ["## Tokenizer", "", "From `tokenizer/report.json` (written by `nanogpt4 tokenizer`): bytes per token, "
+             "higher is better compression.", "", "| split | ours | cl100k_base |", "|---|---:|---:|"]
+    for split, r in rep.get("bytes_per_token", {}).items():
+        lines.append(f"| {split} | {r.get('ours', float('nan')):.3f} | {r.get('cl100k', float('nan')):.3f} |")
+    return lines + [""]
+
+
+def pretrain_section(out):
+    run = out / "pretrain"
+    cfg, done, metrics = _read(run / "config.json"), _read(run / "done.json"), _metrics(run)
+    if not cfg:
+        return []
+    tr, der, mod = cfg["train"], cfg["derived"], cfg["model"]
+    rates = [m for m in metrics if "tok_s" in m][1:]  # the first interval includes compilation
+    lines = ["## Pretraining", "",
+             f"Model: depth {mod['n_layer']}, width {mod['n_embd']}, {mod['n_head']} heads ({mod['n_kv_head']} kv), "
+             f"context {mod['seq_len']}, vocab {mod['vocab_size']}: **{der['params'] / 1e6:.2f}M parameters**. "
+             f"Trained on {der['tokens'] / 1e6:.1f}M tokens in {der['steps']} steps of {der['batch_seqs']} sequences, "
+             f"lr {tr['lr']} (muP base width 64), dtype {tr['dtype']}, compile {tr['compile']}, "
+             f"{cfg.get('world_size', 1)} process(es) on {cfg.get('device')} ({cfg.get('threads')} threads), "
+             f"git {cfg.get('git_commit', '?')[:12]}.", "",
+             "![loss curves](loss.png)", ""]
+    if done:
+        fin = done["final"]
+        lines += ["| final loss (nats/token) | value |", "|---|---:|"]
+        lines += [f"| {k} | {v:.4f} |" for k, v in fin.items()]
+        lines += ["", f"Spikes skipped: {len(done.get('skipped', []))}. Training compute: {done['flops']:.3g} FLOPs "
+                  "(6·N + attention per token, counted by `GPT.flops_per_token`).", ""]
+    if rates:
+        tok = statistics.median(m["tok_s"] for m in rates)
+        mfu = statistics.median(m["mfu"] for m in rates)
+        lines += [f"Throughput (median over {len(rates)} logging intervals of 10 steps, from `metrics.jsonl`): "
+                  f"**{tok:,.0f} tokens/s**, MFU **{mfu:.1%}** of the matmul peak measured on this machine "
+                  "(`nanogpt4.perf.matmul_peak`, square bf16 matmuls).", "", "![throughput](throughput.png)", ""]
+    return lines
+
+
+def samples_section(out):
+    samples = _read(out / "samples.json")
+    if not samples:
+        return []
+    lines = ["## Samples", "", "Temperature 0.8, top-k 50, 80 new tokens, from the final checkpoint.", ""]
+    for s in samples:
+        text = (s["prompt"] + s["completion"]).replace("```", "'''")
+        lines += ["```", text, "```", ""]
+    return lines
+
+
+def timings_section(out):
+    t = _read(out / "timings.json")
+    if not t:
+        return []
+    lines = ["## Stage timings", "", "Wall-clock seconds of the run that did each stage's work (`timings.json`).", "",
+             "| stage | seconds | command |", "|---|---:|---|"]
+    lines += [f"| {k} | {v['seconds']} | `{v['command']}` |" for k, v in t.items()]
+    lines.append(f"| **total** | {sum(v['seconds'] for v in t.values()):.1f} | |")
+    return lines + [""]
+
+
+def write(out):
+    """Write out/report.md (+ PNGs) from whatever stages have completed; returns its path."""
+    out = Path(out)
+    metrics = _metrics(out / "pretrain")
+    if metrics:
+        plot_losses(metrics, out / "loss.png")
+        plot_throughput(metrics, out / "throughput.png")
+    lines = ["# nanogpt4 report card", "", f"Work directory: `{out}`.", ""]
+    for section in (timings_section, corpus_section, tokenizer_section, pretrain_section, samples_section):
+        lines += section(out)
+    path = out / "report.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path

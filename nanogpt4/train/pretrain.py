@@ -1,0 +1,320 @@
+"""The pretraining loop: one process or many under `torchrun` (DDP; gloo on CPU, nccl on GPU).
+
+Every batch is a pure function of (seed, data step), so a resumed run sees exactly the batches the
+uninterrupted run would have, and DDP ranks each take a slice of the same global batch a single process uses.
+The run directory records config, git commit, command line, metrics.jsonl and checkpoints.
+"""
+import argparse
+import contextlib
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from .. import config as C
+from ..common import atomic_write_json, atomic_write_text, git_commit, command_line, sha256_file
+from ..data import shards
+from ..model.gpt import GPT
+from ..perf import matmul_peak
+from . import checkpoint
+
+EVAL_SPLITS = ("val_text", "val_code", "heldout_code")
+
+
+class SpikeError(RuntimeError):
+    pass
+
+
+# ----------------------------------------------------------------------------- data
+
+def get_batch(data, data_step, n_seqs, seq_len, seed, rank=0, world=1):
+    """Rank `rank`'s slice of global batch number `data_step`: random windows drawn from a generator seeded by
+    (seed, data_step) only, so batches never depend on history, process count or restarts."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + data_step)
+    ix = torch.randint(len(data) - seq_len - 1, (n_seqs,), generator=g)
+    ix = ix.view(world, -1)[rank].tolist()
+    buf = np.stack([data[i:i + seq_len + 1] for i in ix]).astype(np.int64)
+    t = torch.from_numpy(buf)
+    return t[:, :-1], t[:, 1:]
+
+
+def eval_windows(data, seq_len, max_tokens):
+    """Fixed, evenly spaced windows of a split: the same tokens at every evaluation and in every run."""
+    n = max(1, min(max_tokens // seq_len, (len(data) - 1) // seq_len))
+    starts = np.linspace(0, len(data) - seq_len - 1, n).astype(np.int64)
+    buf = np.stack([data[s:s + seq_len + 1] for s in starts]).astype(np.int64)
+    t = torch.from_numpy(buf)
+    return t[:, :-1], t[:, 1:]
+
+
+@torch.no_grad()
+def evaluate(model, windows, micro_batch, autocast, rank=0, world=1):
+    """Mean per-token loss (nats) on each split's fixed windows; ranks share the work."""
+    model.eval()
+    out = {}
+    for name, (x, y) in windows.items():
+        total = torch.zeros(2, dtype=torch.float64)
+        xs, ys = x[rank::world], y[rank::world]
+        for i in range(0, len(xs), micro_batch):
+            with autocast():
+                loss = model(xs[i:i + micro_batch], ys[i:i + micro_batch], reduction="sum")
+            total += torch.tensor([loss.item(), ys[i:i + micro_batch].numel()], dtype=torch.float64)
+        if world > 1:
+            dist.all_reduce(total)
+        out[name] = (total[0] / total[1]).item()
+    model.train()
+    return out
+
+
+# ----------------------------------------------------------------------------- setup
+
+def init_distributed():
+    """(rank, world, device) from torchrun's environment, or a single process."""
+    if "RANK" not in os.environ:
+        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+        dist.init_process_group("nccl")
+        return rank, world, torch.device("cuda", local)
+    dist.init_process_group("gloo")
+    return rank, world, torch.device("cpu")
+
+
+def micro_batch_for(batch_seqs, world, wanted):
+    """Largest micro-batch ≤ wanted that divides each rank's share of the global batch."""
+    per_rank = batch_seqs // world
+    if per_rank * world != batch_seqs:
+        raise ValueError(f"global batch of {batch_seqs} sequences does not split over {world} processes")
+    return max(d for d in range(1, min(wanted, per_rank) + 1) if per_rank % d == 0)
+
+
+def record_config(run, tc, derived, mc, tokens_dir, extra):
+    cfg = dict(train=tc.to_dict(), derived=derived, model=mc.to_dict(), tokens_dir=str(tokens_dir), **extra)
+    path = run / "config.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if (old["train"], old["model"]) != (cfg["train"], cfg["model"]):
+            diff = {k: (old["train"].get(k), v) for k, v in cfg["train"].items() if old["train"].get(k) != v}
+            raise ValueError(f"{run} was started with a different config {diff}; use a new --run directory")
+        return old
+    atomic_write_json(path, cfg)
+    return cfg
+
+
+def truncate_metrics(path, step):
+    """On resume, drop log lines written after the checkpoint we resume from (they will be written again)."""
+    if not path.exists():
+        return
+    keep = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l).get("step", 0) <= step]
+    atomic_write_text(path, "".join(l + "\n" for l in keep))
+
+
+# ----------------------------------------------------------------------------- training
+
+def train(tc: C.TrainConfig, run, tokens_dir, resume=False, quiet=False):
+    """Train (or resume) the run in directory `run` on the token shards in `tokens_dir`. Returns the final
+    evaluation dict. Raises if `run` holds a different config."""
+    run, tokens_dir = Path(run), Path(tokens_dir)
+    rank, world, device = init_distributed()
+    master = rank == 0
+    torch.manual_seed(tc.seed)
+    mc = tc.model_config()
+    d = C.derive(tc)
+    micro = micro_batch_for(d["batch_seqs"], world, tc.micro_batch)
+    n_micro = d["batch_seqs"] // world // micro
+
+    train_data = shards.load(tokens_dir, "train")
+    evals = {s: shards.load(tokens_dir, s) for s in EVAL_SPLITS}
+    windows = {s: eval_windows(a, tc.seq_len, tc.eval_tokens) for s, a in evals.items() if len(a) > tc.seq_len}
+    ckpt_dir = run / "ckpt"
+    if master:
+        run.mkdir(parents=True, exist_ok=True)
+        if (run / "ckpt").exists() and not resume and checkpoint.latest(ckpt_dir):
+            raise FileExistsError(f"{run} already has checkpoints: pass --resume to continue it, or use a new --run")
+        tok_src = tokens_dir.parent / "tokenizer.json"
+        if tok_src.exists() and not (run / "tokenizer.json").exists():
+            shutil.copyfile(tok_src, run / "tokenizer.json")
+        record_config(run, tc, d, mc, tokens_dir, dict(
+            git_commit=git_commit(), command=command_line(), world_size=world, device=str(device),
+            torch=torch.__version__, threads=torch.get_num_threads(),
+            tokens_meta=json.loads((tokens_dir / "meta.json").read_text()) if (tokens_dir / "meta.json").exists() else None))
+    if world > 1:
+        dist.barrier()
+
+    model = GPT(mc).to(device)
+    model.init_weights(seed=tc.seed)
+    opt = torch.optim.AdamW(model.param_groups(tc.lr, tc.weight_decay), betas=(tc.beta1, tc.beta2), eps=1e-8)
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    dtype = getattr(torch, tc.dtype)
+    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype != torch.float32 else contextlib.nullcontext
+    fwd = torch.compile(model) if tc.compile else model
+    ddp = torch.nn.parallel.DistributedDataParallel(fwd, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else fwd
+
+    state = dict(step=0, data_step=0, skipped=[], ema=None, tokens=0, rollbacks=0)
+    metrics_path = run / "metrics.jsonl"
+
+    def save_ckpt():
+        if master:
+            checkpoint.save(ckpt_dir, model, opt, dict(state, config=mc.to_dict()))
+            checkpoint.prune(ckpt_dir, keep=2)
+        if world > 1:
+            dist.barrier()
+
+    def restore(path):
+        meta = checkpoint.load(path, model, opt)
+        for k in state:
+            state[k] = meta[k]
+        return meta
+
+    def log(rec):
+        if master:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+
+    latest = checkpoint.latest(ckpt_dir) if resume else None
+    if latest:
+        restore(latest)
+        if master:
+            truncate_metrics(metrics_path, state["step"])
+    else:
+        if master and metrics_path.exists():
+            metrics_path.unlink()
+        save_ckpt()  # step 0: a rollback target exists from the start
+
+    peak = matmul_peak(device, dtype) * 1e9  # measured FLOP/s of one process' device
+    flops_tok = model.flops_per_token()
+    bar = tqdm(total=d["steps"], initial=state["step"], disable=not master or quiet, unit="step", dynamic_ncols=True)
+    t_last, tok_last = time.perf_counter(), state["tokens"]
+    while state["step"] < d["steps"]:
+        if state["data_step"] in state["skipped"]:
+            state["data_step"] += 1
+            continue
+        step = state["step"]
+        for g, lr in zip(opt.param_groups, base_lrs):
+            g["lr"] = lr * C.lr_factor(step, d)
+        x, y = get_batch(train_data, state["data_step"], d["batch_seqs"], tc.seq_len, tc.seed, rank, world)
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        for m in range(n_micro):
+            xb, yb = x[m * micro:(m + 1) * micro].to(device), y[m * micro:(m + 1) * micro].to(device)
+            sync = contextlib.nullcontext() if (world == 1 or m == n_micro - 1) else ddp.no_sync()
+            with sync:
+                with autocast():
+                    loss = ddp(xb, yb) / n_micro
+                loss.backward()
+            loss_sum += loss.detach().double().cpu()
+        if world > 1:
+            dist.all_reduce(loss_sum)
+            loss_sum /= world
+        loss_val = loss_sum.item()
+
+        ema = state["ema"]
+        if not math.isfinite(loss_val) or (ema is not None and step > d["warmup_steps"] and loss_val > tc.spike_factor * ema):
+            rollbacks, skipped = state["rollbacks"] + 1, set(state["skipped"]) | {state["data_step"]}
+            if rollbacks > 10:
+                raise SpikeError(f"more than 10 loss spikes at step {step}; giving up (lower --lr?)")
+            bad = state["data_step"]
+            opt.zero_grad(set_to_none=True)
+            meta = restore(checkpoint.latest(ckpt_dir))
+            if master:
+                truncate_metrics(metrics_path, meta["step"])
+            state["rollbacks"], state["skipped"] = rollbacks, sorted(skipped)
+            log(dict(step=step, event="spike", loss=loss_val, ema=ema, skipped_batch=bad, rolled_back_to=meta["step"]))
+            if master:
+                tqdm.write(f"loss spike at step {step} ({loss_val:.3f} vs running {ema}): rolled back to step "
+                           f"{meta['step']}, skipping batch {bad}")
+            bar.n = state["step"]
+            bar.refresh()
+            t_last, tok_last = time.perf_counter(), state["tokens"]
+            continue
+
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip or float("inf")).item()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        state["ema"] = loss_val if ema is None else 0.95 * ema + 0.05 * loss_val
+        state["step"] += 1
+        state["data_step"] += 1
+        state["tokens"] += d["batch_seqs"] * tc.seq_len
+        bar.update(1)
+
+        last = state["step"] == d["steps"]
+        if state["step"] % 10 == 0 or last:
+            now = time.perf_counter()
+            tok_s = (state["tokens"] - tok_last) / (now - t_last)
+            mfu = tok_s * flops_tok / (peak * world)
+            log(dict(step=state["step"], tokens=state["tokens"], loss=loss_val, lr=opt.param_groups[0]["lr"],
+                     grad_norm=gnorm, tok_s=tok_s, mfu=mfu, time=time.time()))
+            bar.set_postfix(loss=f"{loss_val:.3f}", tok_s=f"{tok_s:,.0f}", mfu=f"{mfu:.0%}")
+        if state["step"] % tc.eval_every == 0 or last:
+            ev = evaluate(model, windows, tc.micro_batch, autocast, rank, world)
+            log(dict(step=state["step"], tokens=state["tokens"], **{f"val/{k}": v for k, v in ev.items()}))
+            if master and not quiet:
+                tqdm.write(f"step {state['step']}: " + "  ".join(f"{k} {v:.4f}" for k, v in ev.items()))
+        if state["step"] % tc.ckpt_every == 0 or last:
+            save_ckpt()
+        if state["step"] % 10 == 0 or last:
+            t_last, tok_last = time.perf_counter(), state["tokens"]  # eval and checkpoint time excluded from tok/s
+    bar.close()
+    final = evaluate(model, windows, tc.micro_batch, autocast, rank, world)
+    if master:
+        atomic_write_json(run / "done.json", dict(step=state["step"], tokens=state["tokens"], final=final,
+                                                  skipped=state["skipped"], params=model.num_params(),
+                                                  flops=flops_tok * state["tokens"]))
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return final
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def add_args(p):
+    p.add_argument("--out", default="runs/default/pretrain", help="run directory (named --out, not --run: torchrun claims that prefix)")
+    p.add_argument("--tokens", default="runs/default/tokenizer/tokens", help="token shards from `nanogpt4 tokenizer`")
+    p.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
+    p.add_argument("--quiet", action="store_true")
+    for f in fields(C.TrainConfig):
+        if f.name == "extra":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.type is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            p.add_argument(flag, type=f.type, default=None)
+
+
+def config_from_args(args, base=None):
+    tc = base or C.TrainConfig()
+    for f in fields(C.TrainConfig):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            setattr(tc, f.name, v)
+    return tc
+
+
+def vocab_from_tokens(tokens_dir):
+    meta = Path(tokens_dir) / "meta.json"
+    return json.loads(meta.read_text()).get("vocab_size") if meta.exists() else None
+
+
+def main(args):
+    tc = config_from_args(args)
+    if args.vocab_size is None and (v := vocab_from_tokens(args.tokens)):
+        tc.vocab_size = v
+    d = C.derive(tc)
+    if int(os.environ.get("RANK", 0)) == 0 and not args.quiet:
+        mc = tc.model_config()
+        print(f"depth {tc.depth}: width {mc.n_embd}, heads {mc.n_head}/{mc.n_kv_head} kv, {d['params'] / 1e6:.2f}M params, "
+              f"{d['tokens'] / 1e6:.1f}M tokens in {d['steps']} steps of {d['batch_seqs']}×{tc.seq_len}")
+    if (Path(args.out) / "done.json").exists() and args.resume:
+        print(f"{args.out} is complete")
+        return
+    train(tc, args.out, args.tokens, resume=args.resume, quiet=args.quiet)

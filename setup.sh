@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Idempotent setup on a fresh machine: a virtualenv in .venv with the pinned dependencies (CPU torch 2.13.0),
+# plus tcmalloc where apt can install it (optional: training runs 1.2-3x faster with it, see shared/PERF-NOTES.md).
+set -euo pipefail
+cd "$(dirname "$0")"
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -c "import nanogpt4, torch" || { echo "setup failed: nanogpt4 does not import" >&2; exit 1; }
+TCMALLOC=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4
+if [ ! -e "$TCMALLOC" ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && apt-get install -y -qq libtcmalloc-minimal4) >/dev/null 2>&1 || echo "note: tcmalloc not installed (optional)"
+fi

@@ -1,0 +1,49 @@
+"""Shared fixtures: a tiny generated corpus, tokenizer and token shards, built once per test session."""
+import json
+import random
+
+import pytest
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "network: fetches real packages from a registry")
+
+
+def generated_text(n_docs, seed=0):
+    """Documents of simple, learnable English-like sentences (a small grammar), and a little Python."""
+    rng = random.Random(seed)
+    subj = ["the cat", "a dog", "the old man", "my sister", "the king", "a small bird", "the river", "our teacher"]
+    verb = ["sees", "likes", "follows", "finds", "carries", "remembers", "calls", "watches"]
+    obj = ["the ball", "a red house", "the moon", "an apple", "the long road", "a quiet song", "the sea", "bread"]
+    docs = []
+    for i in range(n_docs):
+        if i % 5 == 4:
+            name = rng.choice(["add", "scale", "merge", "count"])
+            docs.append({"kind": "code", "text": f"def {name}_{i}(x, y):\n    \"\"\"Return the {name} of x and y.\"\"\"\n"
+                                                 f"    return x + y * {rng.randint(1, 9)}\n\n" * 3})
+        else:
+            sents = [f"{rng.choice(subj).capitalize()} {rng.choice(verb)} {rng.choice(obj)}." for _ in range(12)]
+            docs.append({"kind": "text", "text": " ".join(sents)})
+    return docs
+
+
+@pytest.fixture(scope="session")
+def tiny_tokens(tmp_path_factory):
+    """A work dir with corpus/, tokenizer/tokenizer.json and tokenizer/tokens/ (train, val_*, heldout_code)."""
+    from nanogpt4.data import shards
+    from nanogpt4.tokenizer import Tokenizer
+    root = tmp_path_factory.mktemp("work")
+    corpus = root / "corpus"
+    corpus.mkdir()
+    docs = generated_text(400)
+    splits = {"train.jsonl": docs[:360], "val.jsonl": docs[360:390],
+              "heldout_code.jsonl": [d for d in generated_text(60, seed=9) if d["kind"] == "code"]}
+    for name, rows in splits.items():
+        with open(corpus / name, "w") as f:
+            for i, d in enumerate(rows):
+                f.write(json.dumps({"id": f"gen/{name}/{i}", "source": "gen", **d}) + "\n")
+    (corpus / "manifest.json").write_text(json.dumps({"generated": True}))
+    tok = Tokenizer.train((d["text"] for d in splits["train.jsonl"]), vocab_size=512)
+    tok.save(root / "tokenizer" / "tokenizer.json")
+    shards.build(corpus, tok, root / "tokenizer" / "tokens")
+    return root
