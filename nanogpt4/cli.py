@@ -37,7 +37,8 @@ def main(argv=None):
         if argv and argv[0] == name:  # import only the stage that runs: fast start, independent stages
             importlib.import_module(module).add_args(p)
     args = parser.parse_args(argv)
-    return importlib.import_module(args.module).main(args)
+    importlib.import_module(args.module).main(args)
+    return 0
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ HEAD_DIM = 64  # fixed head size, so more width means more heads (GPT-2/3 practi
 BASE_WIDTH = 64  # muP base width: the learning rate below was tuned at width 64 and transfers to every width
 BASE_LR = 1e-2  # Adam lr at the base width (swept at depth 1-2, see bench/lr_sweep.py); muP scales hidden lr by 64/width
 TOKENS_PER_PARAM = 20  # Chinchilla (Hoffmann et al. 2022): compute-optimal horizon ≈ 20 tokens per parameter
-TARGET_STEPS = 1000  # optimizer steps a run aims for; batch grows with the horizon instead (critical batch grows with compute)
+TARGET_STEPS = 500  # optimizer steps a run aims for: enough for warmup + decay; batch grows with the horizon instead
+# (the critical batch grows with compute, Kaplan et al. 2020), and 32+ sequence batches keep the CPU matmuls efficient
 
 
 def kv_heads(n_head):
