@@ -12,7 +12,9 @@ from .model.gpt import ModelConfig
 ASPECT = 64  # width = 64·depth: nanochat's aspect ratio; Kaplan et al. 2020 find loss flat across aspect ratios 20-200
 HEAD_DIM = 64  # fixed head size, so more width means more heads (GPT-2/3 practice); keeps SDPA shapes efficient
 BASE_WIDTH = 64  # muP base width: the learning rate below was tuned at width 64 and transfers to every width
-BASE_LR = 1e-2  # Adam lr at the base width (swept at depth 1-2, see bench/lr_sweep.py); muP scales hidden lr by 64/width
+BASE_LR = 6e-3  # Adam lr of hidden matrices at the base width; muP scales it by 64/width (swept: bench/lr_sweep.py)
+EMBED_LR_MULT = 15.0  # embedding lr = 15·BASE_LR = 0.09: with unit-scale init it needs large steps (swept)
+READOUT_LR_MULT = 5.0  # readout lr = 5·BASE_LR = 0.03, before the muP 1/width_mult logit multiplier (swept)
 TOKENS_PER_PARAM = 20  # Chinchilla (Hoffmann et al. 2022): compute-optimal horizon ≈ 20 tokens per parameter
 TARGET_STEPS = 500  # optimizer steps a run aims for: enough for warmup + decay; batch grows with the horizon instead
 # (the critical batch grows with compute, Kaplan et al. 2020), and 32+ sequence batches keep the CPU matmuls efficient
@@ -30,6 +32,8 @@ class TrainConfig:
     seq_len: int = 256
     tokens_per_param: float = TOKENS_PER_PARAM
     lr: float = BASE_LR
+    embed_lr_mult: float = EMBED_LR_MULT
+    readout_lr_mult: float = READOUT_LR_MULT
     weight_decay: float = 0.1  # GPT-3 / Chinchilla value, applied to matrices only
     beta1: float = 0.9
     beta2: float = 0.95  # GPT-3: 0.95 is more stable than 0.999 for LMs

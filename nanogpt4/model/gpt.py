@@ -171,13 +171,14 @@ class GPT(nn.Module):
             nn.init.zeros_(block.mlp.c_proj.weight)
         nn.init.zeros_(self.lm_head.weight)  # muP readout: zero init
 
-    def param_groups(self, lr, weight_decay):
-        """AdamW groups with muP learning rates: hidden matrices get lr/width_mult, embedding and readout lr."""
+    def param_groups(self, lr, weight_decay, embed_mult=1.0, readout_mult=1.0):
+        """AdamW groups with muP learning rates: hidden matrices get lr/width_mult; the embedding and the readout
+        get width-independent rates lr·embed_mult and lr·readout_mult."""
         hidden = [p for b in self.blocks for p in b.parameters()]
         return [
-            dict(params=[self.wte.weight], lr=lr, weight_decay=0.0, name="embedding"),
+            dict(params=[self.wte.weight], lr=lr * embed_mult, weight_decay=0.0, name="embedding"),
             dict(params=hidden, lr=lr / self.width_mult, weight_decay=weight_decay, name="hidden"),
-            dict(params=[self.lm_head.weight], lr=lr, weight_decay=weight_decay, name="readout"),
+            dict(params=[self.lm_head.weight], lr=lr * readout_mult, weight_decay=weight_decay, name="readout"),
         ]
 
     def num_params(self, non_embedding=False):

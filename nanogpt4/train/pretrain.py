@@ -152,7 +152,7 @@ def train(tc: C.TrainConfig, run, tokens_dir, resume=False, quiet=False):
 
     model = GPT(mc).to(device)
     model.init_weights(seed=tc.seed)
-    opt = torch.optim.AdamW(model.param_groups(tc.lr, tc.weight_decay), betas=(tc.beta1, tc.beta2), eps=1e-8)
+    opt = torch.optim.AdamW(model.param_groups(tc.lr, tc.weight_decay, tc.embed_lr_mult, tc.readout_lr_mult), betas=(tc.beta1, tc.beta2), eps=1e-8)
     base_lrs = [g["lr"] for g in opt.param_groups]
     dtype = getattr(torch, tc.dtype)
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype != torch.float32 else contextlib.nullcontext
@@ -250,7 +250,7 @@ def train(tc: C.TrainConfig, run, tokens_dir, resume=False, quiet=False):
             now = time.perf_counter()
             tok_s = (state["tokens"] - tok_last) / (now - t_last)
             mfu = tok_s * flops_tok / (peak * world)
-            log(dict(step=state["step"], tokens=state["tokens"], loss=loss_val, lr=opt.param_groups[0]["lr"],
+            log(dict(step=state["step"], tokens=state["tokens"], loss=loss_val, lr=tc.lr * C.lr_factor(step, d),
                      grad_norm=gnorm, tok_s=tok_s, mfu=mfu, time=time.time()))
             bar.set_postfix(loss=f"{loss_val:.3f}", tok_s=f"{tok_s:,.0f}", mfu=f"{mfu:.0%}")
         if state["step"] % tc.eval_every == 0 or last:
