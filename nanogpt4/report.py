@@ -64,13 +64,21 @@ def corpus_section(out):
     if not man:
         return []
     lines = ["## Corpus", "", "From `corpus/manifest.json` (written by `nanogpt4 data`).", "",
-             "| source | registry | package | version | docs kept | MB kept |", "|---|---|---|---|---:|---:|"]
+             "| source | role | registry | package | version | docs kept | MB kept | dropped (reason: docs) |",
+             "|---|---|---|---|---|---:|---:|---|"]
     for s in man.get("sources", []):
-        lines.append(f"| {s.get('name')} | {s.get('registry')} | {s.get('package')} | {s.get('version')} | "
-                     f"{s.get('docs_kept', s.get('docs', ''))} | {s.get('bytes_kept', s.get('bytes', 0)) / 1e6:.2f} |")
+        dropped = ", ".join(f"{k}: {v}" for k, v in sorted(s.get("dropped", {}).items())) or "none"
+        lines.append(f"| {s['name']} | {s.get('role')} | {s.get('registry')} | {s.get('package')} | {s.get('version')} | "
+                     f"{s['docs_kept']} | {s['bytes_kept'] / 1e6:.2f} | {dropped} |")
     lines.append("")
-    if "filters" in man:
-        lines += ["Filtered documents (per reason): `" + json.dumps(man["filters"], sort_keys=True)[:1500] + "`", ""]
+    f = man.get("filters", {})
+    if f:
+        tox = f.get("toxicity") or {}
+        lines += [f"Filters: documents under {f.get('min_chars')} characters; exact duplicates (sha256 of the normalised "
+                  f"text); near duplicates ({f['near_duplicate']['method']}, Jaccard ≥ {f['near_duplicate']['threshold']}); "
+                  + (f"toxicity ({tox.get('classifier')}: a prose document is dropped when more than "
+                     f"{tox.get('max_flagged_fraction'):.0%} of its ~1000-character chunks score ≥ {tox.get('chunk_prob')})."
+                     if tox else "no toxicity filter."), ""]
     if "splits" in man:
         lines += ["Splits: " + ", ".join(f"{k}: {v.get('docs')} docs, {v.get('bytes', 0) / 1e6:.1f} MB"
                                           for k, v in man["splits"].items()), ""]
@@ -135,7 +143,9 @@ def timings_section(out):
         return []
     lines = ["## Stage timings", "", "Wall-clock seconds of the run that did each stage's work (`timings.json`).", "",
              "| stage | seconds | command |", "|---|---:|---|"]
-    lines += [f"| {k} | {v['seconds']} | `{v['command']}` |" for k, v in t.items()]
+    order = ["data", "tokenizer", "pretrain", "sample"]
+    for k in sorted(t, key=lambda k: order.index(k) if k in order else len(order)):
+        lines.append(f"| {k} | {t[k]['seconds']} | `{t[k]['command']}` |")
     lines.append(f"| **total** | {sum(v['seconds'] for v in t.values()):.1f} | |")
     return lines + [""]
 

@@ -111,3 +111,22 @@ def test_real_fetch_of_the_bible(tmp_path):
     docs = dict(bible.documents(tmp_path))
     assert len(docs) == 1189  # chapters of the KJV
     assert "1 In the beginning God created the heaven and the earth." in docs["Ge 1"]
+
+
+def test_extra_parquet_and_hugging_face_datasets_on_local_files(tmp_path, monkeypatch):
+    pa = pytest.importorskip("pyarrow")
+    pytest.importorskip("datasets")
+    import pyarrow.parquet as pq
+    fake_sources(monkeypatch, [], [])
+    pq.write_table(pa.table({"text": [prose(200 + i, 100) for i in range(4)]}), tmp_path / "p.parquet")
+    hf_dir = tmp_path / "hf_local"
+    hf_dir.mkdir()
+    with open(hf_dir / "train.jsonl", "w") as f:
+        for i in range(5):
+            f.write(json.dumps({"text": prose(300 + i, 100), "meta": i}) + "\n")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+    man = corpus.build(tmp_path / "c", cache=tmp_path, extra=[str(tmp_path / "p.parquet"), f"hf:{hf_dir}"],
+                       log=lambda *a: None)
+    rows = {r["name"]: r for r in man["sources"]}
+    assert rows["extra0"]["docs_kept"] == 4 and rows["extra1"]["docs_kept"] == 5

@@ -160,16 +160,19 @@ def clean(docs, kind, seen_hashes, stats, toxicity=True):
 
 def load_extra(spec):
     """Extra documents: a .txt file or a directory of them, .jsonl with a "text" field, .parquet, or
-    hf:DATASET[:CONFIG][:SPLIT] through the Hugging Face `datasets` library."""
+    hf:NAME_OR_DIR[:CONFIG][:SPLIT] through Hugging Face `datasets.load_dataset` (a hub name, or a local directory
+    of data files — the hub is unreachable here, the loading code is the same)."""
     if spec.startswith("hf:"):
         try:
             import datasets
         except ImportError as e:
             raise RuntimeError(f"--add {spec}: needs the `datasets` package (pip install datasets)") from e
-        parts = spec[3:].split(":")
-        name, config, split = parts[0], (parts[1] or None) if len(parts) > 1 else None, parts[2] if len(parts) > 2 else "train"
-        for i, row in enumerate(datasets.load_dataset(name, config, split=split)):
-            yield f"{i}", row["text"]
+        name, config, split = (spec[3:].split(":") + ["", ""])[:3]
+        ds = datasets.load_dataset(name, config or None, split=split or "train")
+        if "text" not in ds.column_names:
+            raise ValueError(f"--add {spec}: the dataset has no 'text' column (has {ds.column_names})")
+        for i, text in enumerate(ds["text"]):
+            yield f"{i}", text
         return
     path = Path(spec)
     if not path.exists():

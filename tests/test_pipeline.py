@@ -1,0 +1,28 @@
+"""The main job end to end on a small real corpus (Bible + CPython stdlib, sympy held out) and the tiny preset:
+every stage runs, the report card has its numbers and plots, and a second run skips the finished stages."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.network
+def test_main_job_tiny_preset(tmp_path):
+    out = tmp_path / "work"
+    env_cache = ["--cache", str(tmp_path / "cache")]
+    cmd = [sys.executable, "-m", "nanogpt4.cli", "run", "--out", str(out), "--preset", "tiny",
+           "--sources", "bible,cpython-stdlib", "--vocab-size", "2048", *env_cache]
+    first = subprocess.run(cmd, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-3000:]
+    report = (out / "report.md").read_text()
+    for needle in ("## Corpus", "bible", "## Tokenizer", "cl100k_base", "## Pretraining", "tokens/s", "MFU",
+                   "heldout_code", "## Samples", "In the beginning", "## Stage timings"):
+        assert needle in report, needle
+    assert (out / "loss.png").stat().st_size > 10_000 and (out / "throughput.png").exists()
+    timings = json.loads((out / "timings.json").read_text())
+    assert set(timings) >= {"data", "tokenizer", "pretrain", "sample"}
+    second = subprocess.run(cmd, capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "is up to date" in second.stdout and "is complete" in second.stdout
+    assert json.loads((out / "timings.json").read_text())["pretrain"] == timings["pretrain"]
