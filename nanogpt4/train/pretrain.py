@@ -189,6 +189,8 @@ def train(tc: C.TrainConfig, run, tokens_dir, resume=False, quiet=False):
         if master and metrics_path.exists():
             metrics_path.unlink()
         save_ckpt()  # step 0: a rollback target exists from the start
+        ev = evaluate(model, windows, tc.micro_batch, autocast, rank, world)  # the untrained baseline
+        log(dict(step=0, tokens=0, **{f"val/{k}": v for k, v in ev.items()}))
 
     peak = matmul_peak(device, dtype) * 1e9  # measured FLOP/s of one process' device
     flops_tok = model.flops_per_token()
