@@ -1,7 +1,6 @@
 """Measured hardware facts for MFU: the machine's achievable matmul peak, measured (not read off a datasheet)
 and cached per machine, dtype and thread count."""
 import json
-import os
 import platform
 import time
 

@@ -7,7 +7,6 @@ initialised with std 1/sqrt(fan_in) and trained with a learning rate scaled by b
 embedding is initialised at unit scale. The best learning rate then stays put as the width grows;
 tests/test_model.py::test_coord_check proves it.
 """
-import math
 from dataclasses import dataclass, asdict
 
 import torch

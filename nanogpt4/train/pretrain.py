@@ -20,7 +20,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from .. import config as C
-from ..common import atomic_write_json, atomic_write_text, git_commit, command_line, sha256_file
+from ..common import atomic_write_json, atomic_write_text, git_commit, command_line
 from ..data import shards
 from ..model.gpt import GPT
 from ..perf import matmul_peak
