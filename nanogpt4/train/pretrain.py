@@ -55,6 +55,13 @@ def eval_windows(data, seq_len, max_tokens):
     return t[:, :-1], t[:, 1:]
 
 
+def all_reduce_sum(t, device):
+    """Sum a small CPU tensor over ranks (through the device: nccl reduces only GPU tensors)."""
+    t = t.to(device)
+    dist.all_reduce(t)
+    return t.cpu()
+
+
 @torch.no_grad()
 def evaluate(model, windows, micro_batch, autocast, rank=0, world=1):
     """Mean per-token loss (nats) on each split's fixed windows; ranks share the work."""
@@ -63,12 +70,13 @@ def evaluate(model, windows, micro_batch, autocast, rank=0, world=1):
     for name, (x, y) in windows.items():
         total = torch.zeros(2, dtype=torch.float64)
         xs, ys = x[rank::world], y[rank::world]
+        dev = next(model.parameters()).device
         for i in range(0, len(xs), micro_batch):
             with autocast():
-                loss = model(xs[i:i + micro_batch], ys[i:i + micro_batch], reduction="sum")
+                loss = model(xs[i:i + micro_batch].to(dev), ys[i:i + micro_batch].to(dev), reduction="sum")
             total += torch.tensor([loss.item(), ys[i:i + micro_batch].numel()], dtype=torch.float64)
         if world > 1:
-            dist.all_reduce(total)
+            total = all_reduce_sum(total, dev)
         out[name] = (total[0] / total[1]).item()
     model.train()
     return out
@@ -214,8 +222,7 @@ def train(tc: C.TrainConfig, run, tokens_dir, resume=False, quiet=False):
                 loss.backward()
             loss_sum += loss.detach().double().cpu()
         if world > 1:
-            dist.all_reduce(loss_sum)
-            loss_sum /= world
+            loss_sum = all_reduce_sum(loss_sum, device) / world
         loss_val = loss_sum.item()
 
         ema = state["ema"]
