@@ -76,9 +76,8 @@ def corpus_section(out):
         tox = f.get("toxicity") or {}
         lines += [f"Filters: documents under {f.get('min_chars')} characters; exact duplicates (sha256 of the normalised "
                   f"text); near duplicates ({f['near_duplicate']['method']}, Jaccard ≥ {f['near_duplicate']['threshold']}); "
-                  + (f"toxicity ({tox.get('classifier')}: a prose document is dropped when more than "
-                     f"{tox.get('max_flagged_fraction'):.0%} of its ~1000-character chunks score ≥ {tox.get('chunk_prob')})."
-                     if tox else "no toxicity filter."), ""]
+                  + (f"toxicity ({tox.get('classifier')} on ~1000-character chunks of prose scoring ≥ "
+                     f"{tox.get('chunk_prob')}: {tox.get('rule')})." if tox else "no toxicity filter."), ""]
     if "splits" in man:
         lines += ["Splits: " + ", ".join(f"{k}: {v.get('docs')} docs, {v.get('bytes', 0) / 1e6:.1f} MB"
                                           for k, v in man["splits"].items()), ""]
