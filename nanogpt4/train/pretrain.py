@@ -112,7 +112,7 @@ def record_config(run, tc, derived, mc, tokens_dir, extra):
         old = json.loads(path.read_text())
         if (old["train"], old["model"]) != (cfg["train"], cfg["model"]):
             diff = {k: (old["train"].get(k), v) for k, v in cfg["train"].items() if old["train"].get(k) != v}
-            raise ValueError(f"{run} was started with a different config {diff}; use a new --run directory")
+            raise ValueError(f"{run} was started with a different config {diff}; use a new --out directory")
         return old
     atomic_write_json(path, cfg)
     return cfg
@@ -147,7 +147,7 @@ def train(tc: C.TrainConfig, run, tokens_dir, resume=False, quiet=False):
     if master:
         run.mkdir(parents=True, exist_ok=True)
         if (run / "ckpt").exists() and not resume and checkpoint.latest(ckpt_dir):
-            raise FileExistsError(f"{run} already has checkpoints: pass --resume to continue it, or use a new --run")
+            raise FileExistsError(f"{run} already has checkpoints: pass --resume to continue it, or use a new --out")
         tok_src = tokens_dir.parent / "tokenizer.json"
         if tok_src.exists() and not (run / "tokenizer.json").exists():
             shutil.copyfile(tok_src, run / "tokenizer.json")
