@@ -1,0 +1,1 @@
+"""Predictable scaling: fit small runs, register a prediction for a big one before it trains, verify it after."""

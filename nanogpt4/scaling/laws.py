@@ -1,0 +1,88 @@
+"""Scaling-law fits. Loss: L(C) = a·C^b + c with an irreducible term c (Henighan et al. 2020; the GPT-4 report's
+Figure 1). Capability: -E[log pass_rate](C) = α·C^(-k) (the report's Figure 2). Compute is normalised by a
+reference (the target's compute) before fitting, so the parameters are well conditioned."""
+from dataclasses import dataclass, asdict
+
+import numpy as np
+from scipy.optimize import least_squares
+
+
+@dataclass
+class LossFit:
+    a: float
+    b: float
+    c: float
+    c_ref: float  # compute is measured in units of c_ref
+
+    def predict(self, compute):
+        return self.a * (np.asarray(compute, dtype=float) / self.c_ref) ** self.b + self.c
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def fit_loss(compute, loss, c_ref=None):
+    """Least-squares fit of L = a·(C/c_ref)^b + c with a > 0, b < 0, 0 ≤ c < min(L), on log-loss residuals
+    (relative errors weigh small and large runs alike)."""
+    x, y = np.asarray(compute, dtype=float), np.asarray(loss, dtype=float)
+    if len(x) < 3:
+        raise ValueError(f"a three-parameter law needs at least 3 runs, got {len(x)}")
+    if np.any(x <= 0) or np.any(y <= 0):
+        raise ValueError("compute and loss must be positive")
+    c_ref = float(c_ref or x.max())
+    u = x / c_ref
+    lo = y.min() * (1 - 1e-9)
+
+    def resid(p):
+        a, b, c = p
+        return np.log(a * u ** b + c) - np.log(y)
+
+    best = None
+    for c0 in (0.0, 0.5 * lo, 0.9 * lo):  # a few starts: the irreducible term is the hard parameter
+        b0 = -0.1
+        a0 = max(float(np.mean((y - c0) / u ** b0)), 1e-6)
+        r = least_squares(resid, [a0, b0, c0], bounds=([1e-12, -5.0, 0.0], [np.inf, -1e-6, lo]))
+        if best is None or r.cost < best.cost:
+            best = r
+    a, b, c = best.x
+    return LossFit(float(a), float(b), float(c), c_ref)
+
+
+def bootstrap_loss(compute, loss, target, n=1000, seed=0, level=0.9, c_ref=None):
+    """Prediction at `target` compute with a bootstrap interval: runs resampled with replacement (resamples with
+    fewer than 3 distinct computes are redrawn), refit, predicted; returns (point, low, high)."""
+    x, y = np.asarray(compute, dtype=float), np.asarray(loss, dtype=float)
+    point = float(fit_loss(x, y, c_ref).predict(target))
+    rng = np.random.default_rng(seed)
+    preds = []
+    while len(preds) < n:
+        idx = rng.integers(0, len(x), len(x))
+        if len(set(x[idx])) < 3:
+            continue
+        preds.append(float(fit_loss(x[idx], y[idx], c_ref).predict(target)))
+    lo, hi = np.quantile(preds, [(1 - level) / 2, (1 + level) / 2])
+    return point, float(lo), float(hi)
+
+
+@dataclass
+class PassRateFit:
+    alpha: float
+    k: float
+    c_ref: float
+
+    def predict(self, compute):
+        """-E[log pass_rate] at `compute`."""
+        return self.alpha * (np.asarray(compute, dtype=float) / self.c_ref) ** (-self.k)
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def fit_pass_rate(compute, neg_log_pass, c_ref=None):
+    """Fit -E[log pass_rate] = α·(C/c_ref)^(-k): a straight line in log-log space."""
+    x, y = np.asarray(compute, dtype=float), np.asarray(neg_log_pass, dtype=float)
+    if len(x) < 2 or np.any(y <= 0):
+        raise ValueError("need at least 2 runs with positive -E[log pass_rate]")
+    c_ref = float(c_ref or x.max())
+    slope, intercept = np.polyfit(np.log(x / c_ref), np.log(y), 1)
+    return PassRateFit(float(np.exp(intercept)), float(-slope), c_ref)

@@ -1,0 +1,33 @@
+"""Scaling-law fits recover known laws from noisy synthetic runs, and refuse too little data."""
+import numpy as np
+import pytest
+
+from nanogpt4.scaling.laws import bootstrap_loss, fit_loss, fit_pass_rate
+
+
+def test_loss_law_recovered_and_extrapolated():
+    rng = np.random.default_rng(0)
+    compute = np.logspace(9, 12, 8)
+    target = 1e15
+    true = lambda c: 3.0 * (c / target) ** -0.08 + 1.2  # noqa: E731
+    loss = true(compute) * (1 + rng.normal(0, 0.002, compute.size))
+    fit = fit_loss(compute, loss, c_ref=target)
+    assert abs(fit.b + 0.08) < 0.02 and abs(fit.c - 1.2) < 0.5
+    assert abs(fit.predict(target) - true(target)) / true(target) < 0.02  # 1000x extrapolation within 2%
+    point, lo, hi = bootstrap_loss(compute, loss, target, n=200, c_ref=target)
+    assert lo <= point <= hi and lo < true(target) < hi
+
+
+def test_loss_law_needs_three_runs():
+    with pytest.raises(ValueError, match="at least 3 runs"):
+        fit_loss([1e9, 1e10], [5.0, 4.0])
+    with pytest.raises(ValueError, match="positive"):
+        fit_loss([1e9, 1e10, 0], [5.0, 4.0, 3.0])
+
+
+def test_pass_rate_law():
+    compute = np.logspace(10, 13, 5)
+    y = 2.5 * (compute / 1e13) ** -0.3
+    fit = fit_pass_rate(compute, y, c_ref=1e13)
+    assert fit.alpha == pytest.approx(2.5, rel=1e-6) and fit.k == pytest.approx(0.3, rel=1e-6)
+    assert fit.predict(1e14) == pytest.approx(2.5 * 10 ** -0.3, rel=1e-6)
