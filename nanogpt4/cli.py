@@ -9,6 +9,7 @@ STAGES = {  # name: (module, help)
     "tokenizer": ("nanogpt4.tokenizer", "train the BPE tokenizer and tokenise the corpus"),
     "pretrain": ("nanogpt4.train.pretrain", "pretrain a GPT (one process or torchrun)"),
     "sample": ("nanogpt4.sample", "generate text from a checkpoint"),
+    "scaling": ("nanogpt4.scaling.stage", "ladder, registered predictions and their verification"),
     "run": ("nanogpt4.pipeline", "the main job: every stage in order, then the report"),
 }
 

@@ -28,6 +28,7 @@ def kv_heads(n_head):
 @dataclass
 class TrainConfig:
     depth: int = 4
+    width: int = 0  # 0 = ASPECT·depth. The scaling ladder turns the dial below depth 1 by narrowing a 1-layer model
     vocab_size: int = 8192
     seq_len: int = 256
     tokens_per_param: float = TOKENS_PER_PARAM
@@ -42,6 +43,7 @@ class TrainConfig:
     cooldown_frac: float = 0.4  # warmup-stable-decay: linear decay to 0 over the last 40% (Hägele et al. 2024; nanochat)
     batch_tokens: int = 0  # 0 = derived from the horizon (see derive)
     micro_batch: int = 64  # sequences per forward/backward; gradient accumulation makes up the rest
+    min_batch_seqs: int = 8  # floor of the derived batch: 8+ sequences keep the CPU matmuls efficient
     max_tokens: int = 0  # 0 = derived: tokens_per_param · params
     seed: int = 1337
     eval_every: int = 100
@@ -53,8 +55,8 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
     def model_config(self) -> ModelConfig:
-        width = ASPECT * self.depth
-        n_head = max(1, width // HEAD_DIM)
+        width = self.width or ASPECT * self.depth
+        n_head = max(1, width // HEAD_DIM)  # narrower than a head: one head as wide as the model
         return ModelConfig(vocab_size=self.vocab_size, n_layer=self.depth, n_embd=width, n_head=n_head,
                            n_kv_head=kv_heads(n_head), seq_len=self.seq_len, base_width=BASE_WIDTH)
 
@@ -70,6 +72,17 @@ def count_params(mc: ModelConfig):
     return 2 * V * d + L * (attn + mlp)
 
 
+def flops_per_token(mc: ModelConfig):
+    """Training FLOPs per token, without building the model (matches GPT.flops_per_token): 6·N for the matmuls
+    (embedding lookup excluded, readout included) plus the attention term 12·L·T·d."""
+    return 6 * (count_params(mc) - mc.vocab_size * mc.n_embd) + 12 * mc.n_layer * mc.seq_len * mc.n_embd
+
+
+def train_flops(tc: TrainConfig):
+    """The compute a run will spend, known before it starts: FLOPs per token × the derived horizon."""
+    return flops_per_token(tc.model_config()) * derive(tc)["tokens"]
+
+
 def derive(tc: TrainConfig) -> dict:
     """Everything derived from the dial: horizon, batch, steps. Parameters for the horizon count every weight
     (embedding and readout included), as Chinchilla does."""
@@ -79,9 +92,9 @@ def derive(tc: TrainConfig) -> dict:
     seq_tokens = tc.seq_len
     if tc.batch_tokens:
         batch = tc.batch_tokens
-    else:  # a power of two near tokens/TARGET_STEPS, at least 8 sequences, at most 512K tokens (GPT-3's small-model batch)
-        batch = 2 ** round(math.log2(max(tokens / TARGET_STEPS, 8 * seq_tokens)))
-        batch = min(max(batch, 8 * seq_tokens), 2 ** 19)
+    else:  # a power of two near tokens/TARGET_STEPS, at least min_batch_seqs, at most 512K tokens (GPT-3's small-model batch)
+        floor = tc.min_batch_seqs * seq_tokens
+        batch = min(max(2 ** round(math.log2(max(tokens / TARGET_STEPS, floor))), floor), 2 ** 19)
     batch_seqs = max(1, batch // seq_tokens)
     steps = max(1, tokens // (batch_seqs * seq_tokens))
     return dict(params=n, tokens=steps * batch_seqs * seq_tokens, batch_seqs=batch_seqs, steps=steps,

@@ -21,9 +21,10 @@ class LossFit:
         return asdict(self)
 
 
-def fit_loss(compute, loss, c_ref=None):
+def fit_loss(compute, loss, c_ref=None, start=None):
     """Least-squares fit of L = a·(C/c_ref)^b + c with a > 0, b < 0, 0 ≤ c < min(L), on log-loss residuals
-    (relative errors weigh small and large runs alike)."""
+    (relative errors weigh small and large runs alike). `start`: a LossFit to start from instead of a few
+    generic starting points (bootstrap refits start from the full-data fit)."""
     x, y = np.asarray(compute, dtype=float), np.asarray(loss, dtype=float)
     if len(x) < 3:
         raise ValueError(f"a three-parameter law needs at least 3 runs, got {len(x)}")
@@ -37,11 +38,13 @@ def fit_loss(compute, loss, c_ref=None):
         a, b, c = p
         return np.log(a * u ** b + c) - np.log(y)
 
+    if start is not None:
+        starts = [[start.a, start.b, min(start.c, 0.999 * lo)]]
+    else:  # a few starts: the irreducible term is the hard parameter
+        starts = [[max(float(np.mean((y - c0) / u ** -0.1)), 1e-6), -0.1, c0] for c0 in (0.0, 0.5 * lo, 0.9 * lo)]
     best = None
-    for c0 in (0.0, 0.5 * lo, 0.9 * lo):  # a few starts: the irreducible term is the hard parameter
-        b0 = -0.1
-        a0 = max(float(np.mean((y - c0) / u ** b0)), 1e-6)
-        r = least_squares(resid, [a0, b0, c0], bounds=([1e-12, -5.0, 0.0], [np.inf, -1e-6, lo]))
+    for p0 in starts:
+        r = least_squares(resid, p0, bounds=([1e-12, -5.0, 0.0], [np.inf, -1e-6, lo]))
         if best is None or r.cost < best.cost:
             best = r
     a, b, c = best.x
@@ -52,14 +55,15 @@ def bootstrap_loss(compute, loss, target, n=1000, seed=0, level=0.9, c_ref=None)
     """Prediction at `target` compute with a bootstrap interval: runs resampled with replacement (resamples with
     fewer than 3 distinct computes are redrawn), refit, predicted; returns (point, low, high)."""
     x, y = np.asarray(compute, dtype=float), np.asarray(loss, dtype=float)
-    point = float(fit_loss(x, y, c_ref).predict(target))
+    full = fit_loss(x, y, c_ref)
+    point = float(full.predict(target))
     rng = np.random.default_rng(seed)
     preds = []
     while len(preds) < n:
         idx = rng.integers(0, len(x), len(x))
         if len(set(x[idx])) < 3:
             continue
-        preds.append(float(fit_loss(x[idx], y[idx], c_ref).predict(target)))
+        preds.append(float(fit_loss(x[idx], y[idx], c_ref, start=full).predict(target)))
     lo, hi = np.quantile(preds, [(1 - level) / 2, (1 + level) / 2])
     return point, float(lo), float(hi)
 

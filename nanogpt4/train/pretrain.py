@@ -110,6 +110,7 @@ def record_config(run, tc, derived, mc, tokens_dir, extra):
     path = run / "config.json"
     if path.exists():
         old = json.loads(path.read_text())
+        old["train"] = {**C.TrainConfig().to_dict(), **old["train"]}  # fields added since the run began: defaults
         if (old["train"], old["model"]) != (cfg["train"], cfg["model"]):
             diff = {k: (old["train"].get(k), v) for k, v in cfg["train"].items() if old["train"].get(k) != v}
             raise ValueError(f"{run} was started with a different config {diff}; use a new --out directory")
@@ -204,6 +205,7 @@ def train(tc: C.TrainConfig, run, tokens_dir, resume=False, quiet=False):
     flops_tok = model.flops_per_token()
     bar = tqdm(total=d["steps"], initial=state["step"], disable=not master or quiet, unit="step", dynamic_ncols=True)
     t_last, tok_last = time.perf_counter(), state["tokens"]
+    final = None  # the evaluation after the last step
     while state["step"] < d["steps"]:
         if state["data_step"] in state["skipped"]:
             state["data_step"] += 1
@@ -264,6 +266,7 @@ def train(tc: C.TrainConfig, run, tokens_dir, resume=False, quiet=False):
             bar.set_postfix(loss=f"{loss_val:.3f}", tok_s=f"{tok_s:,.0f}", mfu=f"{mfu:.0%}")
         if state["step"] % tc.eval_every == 0 or last:
             ev = evaluate(model, windows, tc.micro_batch, autocast, rank, world)
+            final = ev if last else None
             log(dict(step=state["step"], tokens=state["tokens"], **{f"val/{k}": v for k, v in ev.items()}))
             if master and not quiet:
                 tqdm.write(f"step {state['step']}: " + "  ".join(f"{k} {v:.4f}" for k, v in ev.items()))
@@ -272,7 +275,8 @@ def train(tc: C.TrainConfig, run, tokens_dir, resume=False, quiet=False):
         if state["step"] % 10 == 0 or last:
             t_last, tok_last = time.perf_counter(), state["tokens"]  # eval and checkpoint time excluded from tok/s
     bar.close()
-    final = evaluate(model, windows, tc.micro_batch, autocast, rank, world)
+    if final is None:  # resumed after the last step
+        final = evaluate(model, windows, tc.micro_batch, autocast, rank, world)
     if master:
         atomic_write_json(run / "done.json", dict(step=state["step"], tokens=state["tokens"], final=final,
                                                   skipped=state["skipped"], params=model.num_params(),

@@ -1,0 +1,83 @@
+"""Registered loss predictions and their verification: the GPT-4 report's Figure 1 at laptop scale.
+
+`register_loss` fits L(C) = a·C^b + c to the ladder's final losses (held-out code, and text) and seals the
+prediction for the target before the target trains; `verify_loss` compares the finished target with it and draws
+the figure. Compute is normalised so the target is 1, as in the report."""
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .. import config as C
+from ..common import atomic_write_json
+from . import laws, registry
+
+METRICS = ("heldout_code", "val_text")
+
+
+def register_loss(path, target_tc: C.TrainConfig, target_run, rows, metrics=METRICS, n_boot=1000, level=0.9):
+    """Fit each metric on the ladder rows and register the predictions for the target (before it starts)."""
+    target_flops = C.train_flops(target_tc)
+    prediction = dict(target_compute=target_flops, level=level, metrics={})
+    compute = [r["compute"] for r in rows]
+    for m in metrics:
+        loss = [r["final"][m] for r in rows]
+        fit = laws.fit_loss(compute, loss, c_ref=target_flops)
+        point, lo, hi = laws.bootstrap_loss(compute, loss, target_flops, n=n_boot, level=level, c_ref=target_flops)
+        prediction["metrics"][m] = dict(loss=point, interval=[lo, hi], fit=fit.to_dict())
+    return registry.register(path, target_tc.to_dict(), target_run, rows, prediction)
+
+
+def verify_loss(record_path, target_run, out_dir):
+    """Compare the finished target with the registered prediction; writes verify_loss.json and one PNG per metric."""
+    record = registry.load(record_path)
+    target_run, out_dir = Path(target_run), Path(out_dir)
+    cfg = json.loads((target_run / "config.json").read_text())
+    registry.check_target(record, cfg["train"])
+    done_path = target_run / "done.json"
+    if not done_path.exists():
+        raise FileNotFoundError(f"{target_run} has not finished: nothing to verify yet")
+    done = json.loads(done_path.read_text())
+    result = dict(record=str(record_path), record_sha256=record["record_sha256"], registered=record["created"],
+                  target_compute=done["flops"], metrics={})
+    for m, pred in record["prediction"]["metrics"].items():
+        measured = done["final"][m]
+        lo, hi = pred["interval"]
+        result["metrics"][m] = dict(predicted=pred["loss"], interval=[lo, hi], measured=measured,
+                                    rel_error=(pred["loss"] - measured) / measured, in_interval=lo <= measured <= hi,
+                                    plot=str(out_dir / f"fig1_{m}.png"))
+        plot_loss(record, m, measured, done["flops"], out_dir / f"fig1_{m}.png")
+    atomic_write_json(out_dir / "verify_loss.json", result)
+    return result
+
+
+def plot_loss(record, metric, measured, target_compute, path):
+    """Figure 1 analogue: ladder runs, the fitted law (dotted), the registered prediction and the measured target."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    pred = record["prediction"]["metrics"][metric]
+    fit = laws.LossFit(**pred["fit"])
+    ref = record["prediction"]["target_compute"]
+    x = np.array([r["compute"] for r in record["ladder_runs"]]) / ref
+    y = np.array([r["final"][metric] for r in record["ladder_runs"]])
+    xs = np.logspace(np.log10(x.min()) - 0.2, np.log10(max(1.0, target_compute / ref)) + 0.2, 200)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot(xs, fit.predict(xs * ref), ":", color="tab:gray",
+            label=f"fit  L = {fit.a:.3f}·C^{fit.b:.3f} + {fit.c:.3f}  (C relative to target)")
+    ax.scatter(x, y, color="tab:blue", zorder=3, label=f"ladder runs ({len(x)})")
+    lo, hi = pred["interval"]
+    ax.errorbar([1.0], [pred["loss"]], yerr=[[pred["loss"] - lo], [hi - pred["loss"]]], fmt="none", ecolor="tab:gray",
+                capsize=4, label=f"registered prediction {pred['loss']:.4f} [{lo:.4f}, {hi:.4f}]")
+    ax.scatter([target_compute / ref], [measured], color="tab:green", marker="*", s=180, zorder=4,
+               label=f"target, measured {measured:.4f} ({(pred['loss'] - measured) / measured:+.2%})")
+    ax.set_xscale("log")
+    ax.set_xlabel("training compute (target = 1)")
+    ax.set_ylabel(f"final loss on {metric} (nats/token)")
+    ax.set_title(f"Predictable scaling: {metric} loss")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,61 @@
+"""The scaling stage end to end on the quick preset: ladder → registered prediction → target → verification, with
+the refusals that keep the prediction honest."""
+import json
+import os
+
+import pytest
+
+from nanogpt4 import config as C
+from nanogpt4.cli import main
+from nanogpt4.scaling import ladder as L, registry
+
+
+def scaling(root, step):
+    main(["scaling", step, "--out", str(root / "scaling"), "--corpus", str(root / "corpus"), "--preset", "quick"])
+
+
+def test_dial_below_one_layer_and_compute_known_in_advance():
+    tc = L.rung(L.PRESETS["cpu"], 16, 1)
+    mc = tc.model_config()
+    assert (mc.n_layer, mc.n_embd, mc.n_head, mc.head_dim) == (1, 16, 1, 16)
+    assert L.rung(L.PRESETS["cpu"], 320, 1).model_config().n_layer == 5
+    for p in L.PRESETS.values():
+        L.check_preset(p)  # every fit run within the preset's compute fraction of the target
+    span = C.train_flops(L.target_config(L.PRESETS["cpu"])) / min(map(C.train_flops, L.fit_configs(L.PRESETS["cpu"])))
+    assert span >= 1e4
+
+
+def test_quick_preset_end_to_end(tiny_tokens, tmp_path):
+    root = tmp_path
+    os.symlink(tiny_tokens / "corpus", root / "corpus")
+    scaling(root, "tokenizer")
+    with pytest.raises(FileNotFoundError):
+        scaling(root, "predict")  # no ladder yet
+    with pytest.raises(registry.RegistryError, match="no registered prediction"):
+        scaling(root, "target")
+    scaling(root, "ladder")
+    rows = json.loads((root / "scaling" / "ladder.json").read_text())["runs"]
+    assert len(rows) == len(L.fit_configs(L.PRESETS["quick"]))
+    for r in rows:  # compute recorded by the run equals the compute known before it started
+        tc = C.TrainConfig(**json.loads(open(os.path.join(r["run"], "config.json")).read())["train"])
+        assert r["compute"] == C.train_flops(tc)
+    scaling(root, "predict")
+    record_path = root / "scaling" / "prediction_loss.json"
+    record = registry.load(record_path)
+    assert set(record["prediction"]["metrics"]) == {"heldout_code", "val_text"}
+    scaling(root, "target")
+    with pytest.raises(registry.RegistryError, match="already started"):  # no second registration after the start
+        registry.register(root / "scaling" / "again.json", record["target_config"], root / "scaling" / "target",
+                          record["ladder_runs"], {})
+    scaling(root, "verify")
+    res = json.loads((root / "scaling" / "verify_loss.json").read_text())
+    for m, v in res["metrics"].items():
+        assert v["measured"] == json.loads((root / "scaling" / "target" / "done.json").read_text())["final"][m]
+        assert abs(v["rel_error"]) < 0.5 and (root / "scaling" / f"fig1_{m}.png").stat().st_size > 10_000
+    # the target's config changed after registration: verification refuses it
+    cfg_path = root / "scaling" / "target" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["train"]["lr"] *= 2
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(registry.RegistryError, match="differs from the registered one"):
+        scaling(root, "verify")
