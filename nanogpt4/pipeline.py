@@ -19,6 +19,9 @@ PRESETS = {
 }
 
 
+SCALING = {"cpu": "cpu", "gpu": "gpu", "tiny": "quick"}  # the scaling ladder preset each main-job preset runs
+
+
 def run_stage(name, argv):
     """Run one stage exactly as `nanogpt4 <name> <argv>` would; returns (result, seconds)."""
     from .cli import STAGES
@@ -73,5 +76,7 @@ def main(args):
     atomic_write_json(out / "samples.json", samples)
     timings["sample"] = dict(seconds=round(time.perf_counter() - t, 1), command="nanogpt4.sample.complete")
     atomic_write_json(timings_path, timings)
+    stage("scaling", ["all", "--out", str(out / "scaling"), "--corpus", str(out / "corpus"),
+                      "--preset", SCALING[args.preset]], "scaling/hindsight.json")
     path = report.write(out)
     print(f"\nreport card: {path}")

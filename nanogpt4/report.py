@@ -136,13 +136,76 @@ def samples_section(out):
     return lines
 
 
+def scaling_section(out):
+    sc = out / "scaling"
+    ladder, record, ver = _read(sc / "ladder.json"), _read(sc / "prediction_loss.json"), _read(sc / "verify_loss.json")
+    if not ladder:
+        return []
+    rows = ladder["runs"]
+    lines = ["## Predictable scaling", "",
+             f"Ladder (`nanogpt4 scaling`, preset `{ladder['preset']}`): {len(rows)} runs made by the size dial with one "
+             "methodology (`nanogpt4/scaling/ladder.py`); compute = 6·N·D + attention, counted by the code before each "
+             "run starts. Final losses on fixed held-out windows (sympy code, never trained on; and validation prose).", "",
+             "| width | depth | seeds | params | compute (FLOPs) | heldout_code | val_text |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    for w in sorted({r["width"] for r in rows}):
+        rs = [r for r in rows if r["width"] == w]
+        mean = lambda m: statistics.mean(r["final"][m] for r in rs)  # noqa: E731
+        spread = lambda m: (max(r["final"][m] for r in rs) - min(r["final"][m] for r in rs)) / 2  # noqa: E731
+        lines.append(f"| {w} | {rs[0]['depth']} | {len(rs)} | {rs[0]['params']:,} | {rs[0]['compute']:.3g} | "
+                     f"{mean('heldout_code'):.4f} ± {spread('heldout_code'):.4f} | {mean('val_text'):.4f} ± {spread('val_text'):.4f} |")
+    lines += ["", "(± is half the range over seeds.)", ""]
+    if record:
+        pred = record["prediction"]
+        frac = max(r["compute"] for r in rows) / pred["target_compute"]
+        lines += [f"Registered prediction `scaling/prediction_loss.json`, sealed {record['created']} before the target "
+                  f"started (sha256 `{record['record_sha256'][:16]}…`, git {record['git_commit'][:12]}): target "
+                  f"{pred['target_compute']:.3g} FLOPs; the largest fit run used {frac:.2e} of it "
+                  f"({1 / frac:,.0f}× less). Interval: {pred['level']:.0%} bootstrap over ladder runs.", ""]
+    if ver:
+        lines += ["| metric | predicted | interval | measured | error | in interval |", "|---|---:|---|---:|---:|---|"]
+        for m, v in ver["metrics"].items():
+            lines.append(f"| {m} | {v['predicted']:.4f} | [{v['interval'][0]:.4f}, {v['interval'][1]:.4f}] | "
+                         f"{v['measured']:.4f} | **{v['rel_error']:+.2%}** | {'yes' if v['in_interval'] else 'no'} |")
+        lines += [""] + [f"![{m}](scaling/fig1_{m}.png)" for m in ver["metrics"]] + [""]
+    cap, cap_ver = _read(sc / "capability.json"), _read(sc / "verify_capability.json")
+    if cap:
+        lines += ["### Capability: pass rate on generated code problems", "",
+                  f"Fit runs {', '.join(Path(r).name for r in cap['fit_runs'])}, settings {cap['settings']} "
+                  "(`nanogpt4/scaling/capability.py`, sandboxed execution in `nanogpt4/evals/execution.py`)."]
+        if not cap["registered"]:
+            lines += [f"**No prediction registered**: {cap['reason']}.", ""]
+        else:
+            lines += [f"{cap['problems_kept']} problems are solved at least once by every fit run.", ""]
+        if cap_ver:
+            lines += ["| bucket | problems | predicted -E[log pass] | measured | error |", "|---|---:|---:|---:|---:|"]
+            lines += [f"| {b['bucket']} | {b['problems']} | {b['predicted_at_actual_compute']:.3f} | {b['measured']:.3f} | "
+                      f"{b['rel_error']:+.1%} |" for b in cap_ver["buckets"] + [cap_ver["overall"]]]
+            lines += ["", "![capability](scaling/fig2_capability.png)", ""]
+    hs = _read(sc / "hindsight.json")
+    if hs and hs["runs"]:
+        t = hs["trend"]
+        lines += ["### Inverse scaling: hindsight neglect", "",
+                  f"{hs['runs'][0]['n']} generated items (`nanogpt4/scaling/hindsight.py`), options ' Y'/' N' ranked by "
+                  f"log-likelihood. Accuracy **{t['direction']}** with compute: slope {t['slope_per_decade']:+.3f} ± "
+                  f"{t['stderr']:.3f} per decade of compute.", "",
+                  "| run | compute | accuracy | answers Y |", "|---|---:|---:|---:|"]
+        lines += [f"| {r['name']} | {r['compute']:.3g} | {r['accuracy']:.3f} ± {r['stderr']:.3f} | {r['frac_pred_Y']:.0%} |"
+                  for r in hs["runs"]]
+        lines += ["", "![hindsight neglect](scaling/fig3_hindsight.png)", ""]
+    t = _read(sc / "timings.json")
+    if t:
+        lines += ["Scaling steps, wall-clock seconds (`scaling/timings.json`): "
+                  + ", ".join(f"{k} {v['seconds']}" for k, v in t.items()) + ".", ""]
+    return lines
+
+
 def timings_section(out):
     t = _read(out / "timings.json")
     if not t:
         return []
     lines = ["## Stage timings", "", "Wall-clock seconds of the run that did each stage's work (`timings.json`).", "",
              "| stage | seconds | command |", "|---|---:|---|"]
-    order = ["data", "tokenizer", "pretrain", "sample"]
+    order = ["data", "tokenizer", "pretrain", "sample", "scaling"]
     for k in sorted(t, key=lambda k: order.index(k) if k in order else len(order)):
         lines.append(f"| {k} | {t[k]['seconds']} | `{t[k]['command']}` |")
     lines.append(f"| **total** | {sum(v['seconds'] for v in t.values()):.1f} | |")
@@ -157,7 +220,8 @@ def write(out):
         plot_losses(metrics, out / "loss.png")
         plot_throughput(metrics, out / "throughput.png")
     lines = ["# nanogpt4 report card", "", f"Work directory: `{out}`.", ""]
-    for section in (timings_section, corpus_section, tokenizer_section, pretrain_section, samples_section):
+    for section in (timings_section, corpus_section, tokenizer_section, pretrain_section, samples_section,
+                    scaling_section):
         lines += section(out)
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from nanogpt4 import config as C
+from nanogpt4 import config as C, report
 from nanogpt4.cli import main
 from nanogpt4.scaling import ladder as L, registry
 
@@ -15,9 +15,10 @@ def scaling(root, step):
 
 
 def test_dial_below_one_layer_and_compute_known_in_advance():
-    tc = L.rung(L.PRESETS["cpu"], 16, 1)
-    mc = tc.model_config()
-    assert (mc.n_layer, mc.n_embd, mc.n_head, mc.head_dim) == (1, 16, 1, 16)
+    mc = L.rung(L.PRESETS["cpu"], 16, 1).model_config()
+    assert (mc.n_layer, mc.n_embd, mc.n_head, mc.head_dim) == (2, 16, 1, 16)  # min_depth 2 on the CPU preset
+    mc = L.rung(L.PRESETS["quick"], 8, 1).model_config()
+    assert (mc.n_layer, mc.n_embd, mc.n_head, mc.head_dim) == (1, 8, 1, 8)
     assert L.rung(L.PRESETS["cpu"], 320, 1).model_config().n_layer == 5
     for p in L.PRESETS.values():
         L.check_preset(p)  # every fit run within the preset's compute fraction of the target
@@ -48,10 +49,18 @@ def test_quick_preset_end_to_end(tiny_tokens, tmp_path):
         registry.register(root / "scaling" / "again.json", record["target_config"], root / "scaling" / "target",
                           record["ladder_runs"], {})
     scaling(root, "verify")
+    cap = json.loads((root / "scaling" / "capability.json").read_text())
+    assert cap["registered"] or "no problem is solved" in cap["reason"]
     res = json.loads((root / "scaling" / "verify_loss.json").read_text())
     for m, v in res["metrics"].items():
         assert v["measured"] == json.loads((root / "scaling" / "target" / "done.json").read_text())["final"][m]
         assert abs(v["rel_error"]) < 0.5 and (root / "scaling" / f"fig1_{m}.png").stat().st_size > 10_000
+    scaling(root, "hindsight")
+    hs = json.loads((root / "scaling" / "hindsight.json").read_text())
+    assert len(hs["runs"]) + len(hs["skipped"]) == len(rows) + 3  # 64-token contexts are too short for the task
+    report_md = report.write(root).read_text()
+    for needle in ("## Predictable scaling", "Registered prediction", "fig1_heldout_code.png"):
+        assert needle in report_md, needle
     # the target's config changed after registration: verification refuses it
     cfg_path = root / "scaling" / "target" / "config.json"
     cfg = json.loads(cfg_path.read_text())

@@ -27,8 +27,10 @@ from .registry import config_hash
 class Preset:
     vocab_size: int
     tokens_per_param: float
-    fit_widths: tuple  # the small runs the laws are fitted on
+    fit_widths: tuple  # the small runs the loss laws are fitted on
     target_width: int  # the run whose loss is predicted before it starts
+    cap_widths: tuple = ()  # runs the capability law is fitted on: bigger (tiny models pass no problem), one seed
+    min_depth: int = 1  # layers of the narrowest models (see rung)
     seeds: tuple = (1337,)  # small runs are repeated over these seeds (cheap; averages out init/data noise)
     eval_tokens: int = 2 ** 17  # fixed held-out windows for the final loss, the same in every run
     max_fit_fraction: float = 1e-3  # a fit run may use at most this fraction of the target's compute
@@ -36,18 +38,20 @@ class Preset:
 
 
 PRESETS = {
-    "cpu": Preset(vocab_size=1024, tokens_per_param=2, fit_widths=(16, 20, 24, 28, 32, 40, 48, 56, 64),
-                  target_width=320, seeds=(1337, 1338, 1339)),
-    "quick": Preset(vocab_size=512, tokens_per_param=1, fit_widths=(8, 12, 16, 20), target_width=64,
+    "cpu": Preset(vocab_size=1024, tokens_per_param=2, fit_widths=(16, 20, 24, 28, 32, 40, 48, 56),
+                  target_width=320, cap_widths=(128, 192, 256), min_depth=2, seeds=(1337, 1338, 1339)),
+    "quick": Preset(vocab_size=512, tokens_per_param=1, fit_widths=(8, 12, 16, 20), target_width=64, cap_widths=(24, 32),
                     max_fit_fraction=0.05, eval_tokens=2 ** 14, train=dict(seq_len=64, dtype="float32")),
-    "gpu": Preset(vocab_size=8192, tokens_per_param=20, fit_widths=(32, 48, 64, 96, 128, 160),
-                  target_width=768, train=dict(seq_len=1024, micro_batch=32)),
+    "gpu": Preset(vocab_size=8192, tokens_per_param=20, fit_widths=(32, 48, 64, 96, 128, 160), min_depth=2,
+                  target_width=768, cap_widths=(192, 256, 384, 512), train=dict(seq_len=1024, micro_batch=32)),
 }
 
 
 def rung(preset: Preset, width: int, seed: int) -> C.TrainConfig:
-    """The training config of one rung: the dial (width) and the preset's shared settings, nothing else."""
-    tc = C.TrainConfig(depth=max(1, round(width / C.ASPECT)), width=width, vocab_size=preset.vocab_size,
+    """The training config of one rung: the dial (width) and the preset's shared settings, nothing else. Depth is
+    width/64 but at least min_depth: a one-layer model cannot form induction heads (in-context copying, which code
+    rewards) and falls off the trend (Kaplan et al. 2020, fig. 5; our pilot runs in NOTES.md)."""
+    tc = C.TrainConfig(depth=max(preset.min_depth, round(width / C.ASPECT)), width=width, vocab_size=preset.vocab_size,
                        tokens_per_param=preset.tokens_per_param, seed=seed, eval_tokens=preset.eval_tokens,
                        min_batch_seqs=4, **preset.train)  # ≥4 windows a step: the code/prose mix of a batch varies less
     # Housekeeping that does not change the trained weights: the final evaluation only (the held-out windows cost
@@ -62,6 +66,10 @@ def name(tc: C.TrainConfig) -> str:
 
 def fit_configs(preset: Preset):
     return [rung(preset, w, s) for w in preset.fit_widths for s in preset.seeds]
+
+
+def cap_configs(preset: Preset):
+    return [rung(preset, w, preset.seeds[0]) for w in preset.cap_widths]
 
 
 def target_config(preset: Preset):
@@ -92,12 +100,11 @@ def row(tc: C.TrainConfig, run: Path, done: dict):
                 tokens=done["tokens"], compute=done["flops"], final=done["final"], config_hash=config_hash(tc.to_dict()))
 
 
-def run_ladder(out, tokens_dir, preset: Preset, quiet=True):
-    """Train every fit run (skipping finished ones); returns their rows, smallest first."""
+def run_ladder(out, tokens_dir, configs, quiet=True):
+    """Train every run of `configs` (skipping finished ones); returns their rows, smallest first."""
     out = Path(out)
-    check_preset(preset)
     rows = []
-    for tc in sorted(fit_configs(preset), key=C.train_flops):
+    for tc in sorted(configs, key=C.train_flops):
         run = out / "ladder" / name(tc)
         done = train_run(tc, run, tokens_dir, quiet)
         rows.append(row(tc, run, done))

@@ -28,8 +28,9 @@ def register_loss(path, target_tc: C.TrainConfig, target_run, rows, metrics=METR
     return registry.register(path, target_tc.to_dict(), target_run, rows, prediction)
 
 
-def verify_loss(record_path, target_run, out_dir):
-    """Compare the finished target with the registered prediction; writes verify_loss.json and one PNG per metric."""
+def verify_loss(record_path, target_run, out_dir, others=()):
+    """Compare the finished target with the registered prediction; writes verify_loss.json and one PNG per metric.
+    `others`: rows of further runs (not in the fit) to draw for context."""
     record = registry.load(record_path)
     target_run, out_dir = Path(target_run), Path(out_dir)
     cfg = json.loads((target_run / "config.json").read_text())
@@ -46,12 +47,12 @@ def verify_loss(record_path, target_run, out_dir):
         result["metrics"][m] = dict(predicted=pred["loss"], interval=[lo, hi], measured=measured,
                                     rel_error=(pred["loss"] - measured) / measured, in_interval=lo <= measured <= hi,
                                     plot=str(out_dir / f"fig1_{m}.png"))
-        plot_loss(record, m, measured, done["flops"], out_dir / f"fig1_{m}.png")
+        plot_loss(record, m, measured, done["flops"], out_dir / f"fig1_{m}.png", others)
     atomic_write_json(out_dir / "verify_loss.json", result)
     return result
 
 
-def plot_loss(record, metric, measured, target_compute, path):
+def plot_loss(record, metric, measured, target_compute, path, others=()):
     """Figure 1 analogue: ladder runs, the fitted law (dotted), the registered prediction and the measured target."""
     import matplotlib
     matplotlib.use("Agg")
@@ -65,12 +66,15 @@ def plot_loss(record, metric, measured, target_compute, path):
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.plot(xs, fit.predict(xs * ref), ":", color="tab:gray",
             label=f"fit  L = {fit.a:.3f}·C^{fit.b:.3f} + {fit.c:.3f}  (C relative to target)")
-    ax.scatter(x, y, color="tab:blue", zorder=3, label=f"ladder runs ({len(x)})")
+    ax.scatter(x, y, color="tab:blue", zorder=3, label=f"ladder runs in the fit ({len(x)})")
+    if others:
+        ax.scatter([r["compute"] / ref for r in others], [r["final"][metric] for r in others], facecolors="none",
+                   edgecolors="tab:orange", zorder=3, label=f"larger runs, not in the fit ({len(others)})")
     lo, hi = pred["interval"]
     ax.errorbar([1.0], [pred["loss"]], yerr=[[pred["loss"] - lo], [hi - pred["loss"]]], fmt="none", ecolor="tab:gray",
                 capsize=4, label=f"registered prediction {pred['loss']:.4f} [{lo:.4f}, {hi:.4f}]")
     ax.scatter([target_compute / ref], [measured], color="tab:green", marker="*", s=180, zorder=4,
-               label=f"target, measured {measured:.4f} ({(pred['loss'] - measured) / measured:+.2%})")
+               label=f"target, measured {measured:.4f} (prediction {(pred['loss'] - measured) / measured:+.2%})")
     ax.set_xscale("log")
     ax.set_xlabel("training compute (target = 1)")
     ax.set_ylabel(f"final loss on {metric} (nats/token)")

@@ -2,70 +2,110 @@
 
   tokenizer  the ladder's small-vocabulary tokenizer and token shards (from the main job's corpus)
   ladder     train the small runs (skipping finished ones)
-  predict    fit the laws and register the target's loss prediction (refused once the target has started)
-  target     train the target (refused without a registered prediction for exactly this config)
-  verify     compare the target with the registration; Figure 1 PNGs + verify_loss.json
+  predict    fit the laws and register the target's loss and pass-rate predictions (refused once it has started)
+  target     train the target (refused without registered predictions for exactly this config)
+  verify     compare the target with the registrations; Figure 1 and 2 PNGs + verify_*.json
   hindsight  the inverse-scaling task across the ladder and the target; Figure 3 PNG + hindsight.json
 """
 import argparse
 import json
+import time
 from pathlib import Path
 
 from ..common import atomic_write_json
-from . import hindsight, ladder as L, predict, registry
+from .. import config as C
+from . import capability, hindsight, ladder as L, predict, registry
 
 def paths(out):
     out = Path(out)
     return dict(tokenizer=out / "tokenizer", tokens=out / "tokenizer" / "tokens", ladder=out / "ladder.json",
-                record=out / "prediction_loss.json", target=out / "target")
+                record=out / "prediction_loss.json", cap_record=out / "prediction_capability.json",
+                cap_status=out / "capability.json", target=out / "target")
+
+
+CAP_SETTINGS = {"cpu": dict(n=100), "quick": dict(n=4, max_new_tokens=16), "gpu": dict(n=200)}
 
 
 def step_tokenizer(args, preset, p):
     from ..pipeline import run_stage
+    if (p["tokens"] / "meta.json").exists():
+        return "skipped"  # the tokenizer stage re-checks freshness itself; this only keeps its timing honest
     run_stage("tokenizer", ["--corpus", args.corpus, "--out", str(p["tokenizer"]), "--vocab-size", str(preset.vocab_size)])
 
 
 def step_ladder(args, preset, p):
-    rows = L.run_ladder(args.out, p["tokens"], preset, quiet=args.quiet)
-    atomic_write_json(p["ladder"], dict(preset=args.preset, runs=rows))
+    was_done = p["ladder"].exists()
+    L.check_preset(preset)
+    rows = L.run_ladder(args.out, p["tokens"], L.fit_configs(preset), quiet=args.quiet)
+    cap = L.run_ladder(args.out, p["tokens"], L.cap_configs(preset), quiet=args.quiet)
+    atomic_write_json(p["ladder"], dict(preset=args.preset, runs=rows, capability_runs=cap))
+    return "skipped" if was_done else None
 
 
 def step_predict(args, preset, p):
-    if p["record"].exists():
+    if p["record"].exists() and p["cap_status"].exists():
         print(f"{p['record']} is already registered")
-        return
-    rows = json.loads(p["ladder"].read_text())["runs"]
-    rec = predict.register_loss(p["record"], L.target_config(preset), p["target"], rows)
-    for m, v in rec["prediction"]["metrics"].items():
-        print(f"  registered {m}: {v['loss']:.4f} [{v['interval'][0]:.4f}, {v['interval'][1]:.4f}] "
-              f"at {rec['prediction']['target_compute']:.3e} FLOPs (sha256 {rec['record_sha256'][:12]})")
+        return "skipped"
+    ladder, tc = json.loads(p["ladder"].read_text()), L.target_config(preset)
+    if not p["record"].exists():
+        rec = predict.register_loss(p["record"], tc, p["target"], ladder["runs"])
+        for m, v in rec["prediction"]["metrics"].items():
+            print(f"  registered {m}: {v['loss']:.4f} [{v['interval'][0]:.4f}, {v['interval'][1]:.4f}] "
+                  f"at {rec['prediction']['target_compute']:.3e} FLOPs (sha256 {rec['record_sha256'][:12]})")
+    runs = [Path(r["run"]) for r in ladder["capability_runs"]]
+    status = dict(fit_runs=[str(r) for r in runs], settings=CAP_SETTINGS[args.preset])
+    try:  # the report's rule may leave nothing to fit: then say so instead of predicting
+        rec = capability.predict_capability(p["cap_record"], runs, p["target"], tc.to_dict(), C.train_flops(tc),
+                                            problems=capability.build_problems(), settings=status["settings"])
+        status.update(registered=str(p["cap_record"]), problems_kept=rec["prediction"]["problems_kept"])
+    except ValueError as e:
+        status.update(registered=None, reason=str(e))
+        print(f"  no capability prediction: {e}")
+    atomic_write_json(p["cap_status"], status)
 
 
 def step_target(args, preset, p):
     tc = L.target_config(preset)
-    if not p["record"].exists():
+    if not (p["record"].exists() and p["cap_status"].exists()):
         raise registry.RegistryError(f"no registered prediction at {p['record']}: run `nanogpt4 scaling predict` first")
     registry.check_target(registry.load(p["record"]), tc.to_dict())
+    if p["cap_record"].exists():
+        registry.check_target(registry.load(p["cap_record"]), tc.to_dict())
+    was_done = (p["target"] / "done.json").exists()
     done = L.train_run(tc, p["target"], p["tokens"], quiet=args.quiet)
     print(f"  target: {done['params'] / 1e6:.2f}M params, {done['flops']:.3e} FLOPs, "
           + "  ".join(f"{k} {v:.4f}" for k, v in done["final"].items()))
+    return "skipped" if was_done else None
 
 
 def step_verify(args, preset, p):
-    res = predict.verify_loss(p["record"], p["target"], args.out)
+    others = json.loads(p["ladder"].read_text()).get("capability_runs", [])
+    res = predict.verify_loss(p["record"], p["target"], args.out, others)
     for m, v in res["metrics"].items():
         print(f"  {m}: predicted {v['predicted']:.4f} [{v['interval'][0]:.4f}, {v['interval'][1]:.4f}], "
               f"measured {v['measured']:.4f}, error {v['rel_error']:+.2%}")
+    if p["cap_record"].exists():
+        capability.verify_capability(p["cap_record"], p["target"], problems=capability.build_problems(),
+                                     out=Path(args.out) / "verify_capability.json",
+                                     png=Path(args.out) / "fig2_capability.png")
 
 
 def step_hindsight(args, preset, p):
-    rows = json.loads(p["ladder"].read_text())["runs"]
+    ladder = json.loads(p["ladder"].read_text())
     done = json.loads((p["target"] / "done.json").read_text())
-    runs = [(r["name"], r["run"], r["compute"]) for r in rows] + [("target", str(p["target"]), done["flops"])]
-    results = hindsight.evaluate_ladder(runs)
+    runs = [(r["name"], r["run"], r["compute"]) for r in ladder["runs"] + ladder.get("capability_runs", [])]
+    runs.append(("target", str(p["target"]), done["flops"]))
+    results, skipped = [], []
+    for run in runs:
+        try:
+            results += hindsight.evaluate_ladder([run])
+        except ValueError as e:  # a context too short for the question: the task cannot be posed to this model
+            skipped.append(dict(name=run[0], reason=str(e)))
+            print(f"  {run[0]}: skipped, {e}")
     trend = hindsight.trend(results)
-    hindsight.plot(results, Path(args.out) / "fig3_hindsight.png")
-    atomic_write_json(Path(args.out) / "hindsight.json", dict(runs=results, trend=trend))
+    if results:
+        hindsight.plot(results, Path(args.out) / "fig3_hindsight.png")
+    atomic_write_json(Path(args.out) / "hindsight.json", dict(runs=results, skipped=skipped, trend=trend))
     for r in results:
         print(f"  {r['name']}: accuracy {r['accuracy']:.3f} ± {r['stderr']:.3f} (n={r['n']}, "
               f"answers Y {r['frac_pred_Y']:.0%})")
@@ -86,6 +126,11 @@ def add_args(p):
 
 def main(args):
     preset, p = L.PRESETS[args.preset], paths(args.out)
+    timings_path = Path(args.out) / "timings.json"
     for step in STEPS if args.step == "all" else [args.step]:
         print(f"\n== scaling {step} ({args.preset})", flush=True)
-        STEPS[step](args, preset, p)
+        t = time.perf_counter()
+        if STEPS[step](args, preset, p) != "skipped":  # keep the timing of the run that did the work
+            timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+            timings[step] = dict(seconds=round(time.perf_counter() - t, 1), at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+            atomic_write_json(timings_path, timings)

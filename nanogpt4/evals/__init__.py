@@ -1,0 +1,1 @@
+"""Evaluations: sandboxed execution of generated code, HumanEval, and (in nanogpt4.scaling) capability prediction."""

@@ -1,0 +1,147 @@
+"""Capability prediction: the pass@k estimator, the problem set's tests, completion cutting, measuring a run,
+and the bucket fit → registered prediction → verification round trip."""
+import itertools
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from nanogpt4.evals.execution import run_programs
+from nanogpt4.evals.humaneval import program
+from nanogpt4.scaling import capability as K
+from nanogpt4.scaling.registry import RegistryError
+
+
+def test_pass_at_k_matches_brute_force():
+    for n in range(1, 8):
+        for c in range(n + 1):
+            for k in range(1, n + 1):
+                draws = list(itertools.combinations([1] * c + [0] * (n - c), k))
+                assert K.pass_at_k(n, c, k) == pytest.approx(np.mean([any(d) for d in draws]), abs=1e-12)
+    assert K.pass_at_k(200, 3, 1) == pytest.approx(3 / 200)
+
+
+def test_reference_solutions_pass_and_wrong_ones_fail():
+    problems = K.build_problems()
+    assert 60 <= len(problems) <= 100 and len({p["prompt"] for p in problems}) == len(problems)
+    assert K.build_problems() == problems  # fixed seed
+    assert run_programs([program(p, p["canonical_solution"]) for p in problems]) == ["passed"] * len(problems)
+    wrong = [" None" if p["kind"] == "line" else " " * K.body_indent(p["prompt"]) + "pass\n" for p in problems]
+    assert "passed" not in run_programs(map(program, problems + problems, wrong + [""] * len(problems)))
+    assert {p["kind"] for p in problems} == {"line", "body"}
+
+
+def test_truncate_at_stops_and_dedent():
+    assert K.truncate("    return x\n\ndef g():\n    pass", 4) == "    return x\n"
+    assert K.truncate("    return x\nprint(f(1))", 4) == "    return x"
+    assert K.truncate("    return x\n# comment", 4) == "    return x"
+    assert K.truncate("    y = 1\n    return y\nx = 3\n", 4) == "    y = 1\n    return y"
+    assert K.truncate("        self.a = a\n\n    def other(self):\n", 8) == "        self.a = a\n"
+    assert K.truncate("    return [\n1, 2]", 4) == "    return ["  # a dedent ends the body even inside brackets
+    assert K.truncate("class A:\n    pass", 4) == ""
+    assert K.truncate("    return x", 4) == "    return x"
+    assert K.truncate(" x + y\n    return 2\n", None) == " x + y"  # a line problem ends with its line
+
+
+class Scripted(torch.nn.Module):
+    """A stand-in model whose batch rows emit fixed token scripts, to test where sampling stops."""
+
+    def __init__(self, scripts, seq_len=256):
+        super().__init__()
+        self.scripts, self.cfg, self.w = scripts, type("Cfg", (), {"seq_len": seq_len}), torch.nn.Parameter(torch.zeros(1))
+        self.steps = 0
+
+    def generate(self, idx, max_new_tokens, **kw):
+        for i in range(max_new_tokens):
+            self.steps += 1
+            yield torch.tensor([s[i % len(s)] for s in self.scripts])
+
+
+def test_sampling_stops_at_stop_sequences(tiny_tokens):
+    from nanogpt4.tokenizer import Tokenizer
+    tok = Tokenizer.load(tiny_tokens / "tokenizer" / "tokenizer.json")
+    texts = ["    return x + y\n\ndef other():\n    pass\n", "    return x\nprint(add(1, 2))\n", "    return 1\n# end\n"]
+    scripts = [tok.encode(t) for t in texts] + [tok.encode("    return 0\n") + [tok.eot_id]]
+    model = Scripted(scripts)
+    out = K.sample_completions(model, tok, "def add(x, y):\n", 4, max_new_tokens=100)
+    assert out == ["    return x + y\n", "    return x", "    return 1", "    return 0\n"]
+    assert model.steps < 30  # generation ended once every row had stopped, long before max_new_tokens
+
+
+def make_run(path, tok_path, **model_kw):
+    """A run directory with a random-init GPT: config.json, tokenizer.json and a checkpoint."""
+    from nanogpt4.model.gpt import GPT, ModelConfig
+    from nanogpt4.tokenizer import Tokenizer
+    from nanogpt4.train import checkpoint
+    mc = ModelConfig(**dict(dict(vocab_size=Tokenizer.load(tok_path).vocab_size, n_layer=1, n_embd=32, n_head=2,
+                                 n_kv_head=1, seq_len=128), **model_kw))
+    model = GPT(mc)
+    model.init_weights(seed=0)
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"model": mc.to_dict(), "train": {"depth": 1}}))
+    shutil.copyfile(tok_path, path / "tokenizer.json")
+    checkpoint.save(path / "ckpt", model, None, {"step": 0})
+    return path
+
+
+def test_measure_runs_and_caches(tiny_tokens, tmp_path, monkeypatch):
+    run = make_run(tmp_path / "run", tiny_tokens / "tokenizer" / "tokenizer.json")
+    problems = K.build_problems()[:3]
+    table = K.measure([run], problems, n=4, max_new_tokens=16, table=tmp_path / "table.json", log=lambda s: None)
+    res = table[str(run)]
+    assert list(res) == [p["task_id"] for p in problems]
+    assert all(r["n"] == 4 and 0 <= r["passed"] <= 4 and 1 <= r["unique"] <= 4 for r in res.values())
+    assert json.loads((tmp_path / "table.json").read_text())["runs"] == json.loads(json.dumps(table))
+    import nanogpt4.sample
+    monkeypatch.setattr(nanogpt4.sample, "load_run", lambda *a: pytest.fail("cached work was redone"))
+    assert K.measure([run], problems, n=4, max_new_tokens=16, log=lambda s: None) == table
+
+
+def fake_runs(tmp_path, computes, alphas, k, n=10**6, cref=1e12):
+    """Runs whose pass rates follow -log p = a_P·(C/cref)^(-k) exactly (a_P per problem): the bucket means then
+    follow the law with α = the bucket's mean a_P."""
+    runs, measured = [], {}
+    for i, c in enumerate(computes):
+        run = tmp_path / f"r{i}"
+        run.mkdir(parents=True)
+        (run / "config.json").write_text(json.dumps({"train": {"depth": i + 1}}))
+        (run / "done.json").write_text(json.dumps({"flops": c}))
+        runs.append(run)
+        measured[str(run)] = {f"p{j}": dict(n=n, passed=round(n * np.exp(-a * (c / cref) ** -k)))
+                              for j, a in enumerate(alphas)}
+    return runs, measured
+
+
+def test_bucket_fit_predict_verify_round_trip(tmp_path):
+    alphas = [0.1, 0.2, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0]
+    runs, measured = fake_runs(tmp_path, [1e10, 1e11, 3e11], alphas, k=0.3)
+    for m in measured.values():
+        m["unsolvable"] = dict(n=10**6, passed=0)  # solved by no fit model: dropped
+    m["p0"]["passed"] = 0  # unsolved by the largest fit model only: dropped too
+    target = tmp_path / "target"
+    rec = K.predict_capability(tmp_path / "capability.json", runs, target, {"depth": 9}, 1e12, measured=measured,
+                               n_buckets=3, log=lambda s: None)
+    pred = rec["prediction"]
+    assert pred["problems_kept"] == 7 and pred["problems_total"] == 9
+    assert [b["tasks"] for b in pred["buckets"]] == [["p1", "p2", "p3"], ["p4", "p5"], ["p6", "p7"]]  # easiest first
+    for b, group in zip(pred["buckets"], [alphas[1:4], alphas[4:6], alphas[6:]]):
+        assert b["fit"]["k"] == pytest.approx(0.3, rel=1e-3) and b["predicted"] == pytest.approx(np.mean(group), rel=1e-3)
+    assert pred["overall"]["predicted"] == pytest.approx(np.mean(alphas[1:]), rel=1e-3)
+
+    # the target trains (with another config first), then is measured on the law: verification
+    (t_runs, t_measured) = fake_runs(tmp_path / "t", [1e12], alphas, k=0.3)
+    target.mkdir()
+    (target / "done.json").write_text(json.dumps({"flops": 1e12}))
+    (target / "config.json").write_text(json.dumps({"train": {"depth": 9, "lr": 0.1}}))
+    with pytest.raises(RegistryError, match="differs from the registered one"):
+        K.verify_capability(tmp_path / "capability.json", target, measured=t_measured[str(t_runs[0])])
+    (target / "config.json").write_text(json.dumps({"train": {"depth": 9}}))
+    res = K.verify_capability(tmp_path / "capability.json", target, measured=t_measured[str(t_runs[0])],
+                              out=tmp_path / "verify.json", png=tmp_path / "fig2.png", log=lambda s: None)
+    assert all(abs(b["rel_error"]) < 1e-3 for b in res["buckets"] + [res["overall"]])
+    assert json.loads((tmp_path / "verify.json").read_text()) == res
+    assert (tmp_path / "fig2.png").stat().st_size > 10_000
+    with pytest.raises(RegistryError, match="problem set differs"):  # the target must be measured on the same set
+        K.verify_capability(tmp_path / "capability.json", target, problems=K.build_problems()[:2])
