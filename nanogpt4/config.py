@@ -83,6 +83,13 @@ def train_flops(tc: TrainConfig):
     return flops_per_token(tc.model_config()) * derive(tc)["tokens"]
 
 
+def non_embedding_flops(tc: TrainConfig):
+    """6·N·D with N the transformer blocks' parameters only, embedding and readout excluded (Kaplan et al. 2020's
+    compute): at small widths the readout is most of a model's FLOPs but buys little loss."""
+    mc = tc.model_config()
+    return 6 * (count_params(mc) - 2 * mc.vocab_size * mc.n_embd) * derive(tc)["tokens"]
+
+
 def derive(tc: TrainConfig) -> dict:
     """Everything derived from the dial: horizon, batch, steps. Parameters for the horizon count every weight
     (embedding and readout included), as Chinchilla does."""

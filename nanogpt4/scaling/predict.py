@@ -16,15 +16,24 @@ METRICS = ("heldout_code", "val_text")
 
 
 def register_loss(path, target_tc: C.TrainConfig, target_run, rows, metrics=METRICS, n_boot=1000, level=0.9):
-    """Fit each metric on the ladder rows and register the predictions for the target (before it starts)."""
-    target_flops = C.train_flops(target_tc)
-    prediction = dict(target_compute=target_flops, level=level, metrics={})
+    """Fit each metric on the ladder rows and register the predictions for the target (before it starts).
+    `metrics` holds the report's law, L = a·C^b + c on total compute; `alternative` a second, secondary law
+    registered beside it: L = a·C^b on non-embedding compute (NOTES.md, 2026-11-24, why)."""
+    target_flops, target_ne = C.train_flops(target_tc), C.non_embedding_flops(target_tc)
+    prediction = dict(target_compute=target_flops, target_non_embedding_compute=target_ne, level=level, metrics={},
+                      alternative={})
     compute = [r["compute"] for r in rows]
+    ne = [C.non_embedding_flops(C.TrainConfig(**json.loads((Path(r["run"]) / "config.json").read_text())["train"]))
+          for r in rows]
     for m in metrics:
         loss = [r["final"][m] for r in rows]
         fit = laws.fit_loss(compute, loss, c_ref=target_flops)
         point, lo, hi = laws.bootstrap_loss(compute, loss, target_flops, n=n_boot, level=level, c_ref=target_flops)
         prediction["metrics"][m] = dict(loss=point, interval=[lo, hi], fit=fit.to_dict())
+        fit = laws.fit_power(ne, loss, c_ref=target_ne)
+        point, lo, hi = laws.bootstrap_loss(ne, loss, target_ne, n=n_boot, level=level, c_ref=target_ne, irreducible=False)
+        prediction["alternative"][m] = dict(law="a*C_ne^b", loss=point, interval=[lo, hi], fit=fit.to_dict(),
+                                            non_embedding_compute=ne)
     return registry.register(path, target_tc.to_dict(), target_run, rows, prediction)
 
 
@@ -48,6 +57,11 @@ def verify_loss(record_path, target_run, out_dir, others=()):
                                     rel_error=(pred["loss"] - measured) / measured, in_interval=lo <= measured <= hi,
                                     plot=str(out_dir / f"fig1_{m}.png"))
         plot_loss(record, m, measured, done["flops"], out_dir / f"fig1_{m}.png", others)
+        alt = record["prediction"].get("alternative", {}).get(m)
+        if alt:
+            result["metrics"][m]["alternative"] = dict(law=alt["law"], predicted=alt["loss"], interval=alt["interval"],
+                                                       rel_error=(alt["loss"] - measured) / measured,
+                                                       in_interval=alt["interval"][0] <= measured <= alt["interval"][1])
     atomic_write_json(out_dir / "verify_loss.json", result)
     return result
 

