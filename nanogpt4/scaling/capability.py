@@ -402,8 +402,9 @@ def verify_capability(path, target_run, problems=None, measured=None, out=None, 
     for b in pred["buckets"] + [pred["overall"]]:
         y = neg_mean_log_pass(measured, b["tasks"])
         at_actual = float(PassRateFit(**b["fit"]).predict(flops))
+        # rel_error as for the loss: (predicted - measured) / measured
         rows.append(dict(bucket=b["bucket"], problems=len(b["tasks"]), predicted=b["predicted"],
-                         predicted_at_actual_compute=at_actual, measured=y, rel_error=(y - at_actual) / y,
+                         predicted_at_actual_compute=at_actual, measured=y, rel_error=(at_actual - y) / y,
                          unsolved=sum(measured[t]["passed"] == 0 for t in b["tasks"])))
         log(f"bucket {b['bucket']}: predicted -E[log pass] {at_actual:.3f}, measured {y:.3f}")
     result = dict(record_sha256=record["record_sha256"], target_run=str(target_run), compute=flops,
