@@ -97,7 +97,8 @@ def train_run(tc: C.TrainConfig, run: Path, tokens_dir, quiet=True):
 def row(tc: C.TrainConfig, run: Path, done: dict):
     """What the fits need of a finished run."""
     return dict(name=name(tc), run=str(run), width=tc.width, depth=tc.depth, seed=tc.seed, params=done["params"],
-                tokens=done["tokens"], compute=done["flops"], final=done["final"], config_hash=config_hash(tc.to_dict()))
+                tokens=done["tokens"], compute=done["flops"], non_embedding_compute=C.non_embedding_flops(tc),
+                final=done["final"], config_hash=config_hash(tc.to_dict()))
 
 
 def run_ladder(out, tokens_dir, configs, quiet=True):

@@ -22,9 +22,7 @@ def register_loss(path, target_tc: C.TrainConfig, target_run, rows, metrics=METR
     target_flops, target_ne = C.train_flops(target_tc), C.non_embedding_flops(target_tc)
     prediction = dict(target_compute=target_flops, target_non_embedding_compute=target_ne, level=level, metrics={},
                       alternative={})
-    compute = [r["compute"] for r in rows]
-    ne = [C.non_embedding_flops(C.TrainConfig(**json.loads((Path(r["run"]) / "config.json").read_text())["train"]))
-          for r in rows]
+    compute, ne = [r["compute"] for r in rows], [r["non_embedding_compute"] for r in rows]
     for m in metrics:
         loss = [r["final"][m] for r in rows]
         fit = laws.fit_loss(compute, loss, c_ref=target_flops)
@@ -32,8 +30,7 @@ def register_loss(path, target_tc: C.TrainConfig, target_run, rows, metrics=METR
         prediction["metrics"][m] = dict(loss=point, interval=[lo, hi], fit=fit.to_dict())
         fit = laws.fit_power(ne, loss, c_ref=target_ne)
         point, lo, hi = laws.bootstrap_loss(ne, loss, target_ne, n=n_boot, level=level, c_ref=target_ne, irreducible=False)
-        prediction["alternative"][m] = dict(law="a*C_ne^b", loss=point, interval=[lo, hi], fit=fit.to_dict(),
-                                            non_embedding_compute=ne)
+        prediction["alternative"][m] = dict(law="a*C_ne^b", loss=point, interval=[lo, hi], fit=fit.to_dict())
     return registry.register(path, target_tc.to_dict(), target_run, rows, prediction)
 
 
@@ -52,18 +49,20 @@ def verify_loss(record_path, target_run, out_dir, others=()):
                   target_compute=done["flops"], metrics={})
     for m, pred in record["prediction"]["metrics"].items():
         measured = done["final"][m]
-        lo, hi = pred["interval"]
-        result["metrics"][m] = dict(predicted=pred["loss"], interval=[lo, hi], measured=measured,
-                                    rel_error=(pred["loss"] - measured) / measured, in_interval=lo <= measured <= hi,
-                                    plot=str(out_dir / f"fig1_{m}.png"))
+        result["metrics"][m] = dict(compare(pred, measured), measured=measured, plot=str(out_dir / f"fig1_{m}.png"))
         plot_loss(record, m, measured, done["flops"], out_dir / f"fig1_{m}.png", others)
         alt = record["prediction"].get("alternative", {}).get(m)
         if alt:
-            result["metrics"][m]["alternative"] = dict(law=alt["law"], predicted=alt["loss"], interval=alt["interval"],
-                                                       rel_error=(alt["loss"] - measured) / measured,
-                                                       in_interval=alt["interval"][0] <= measured <= alt["interval"][1])
+            result["metrics"][m]["alternative"] = dict(compare(alt, measured), law=alt["law"])
     atomic_write_json(out_dir / "verify_loss.json", result)
     return result
+
+
+def compare(pred, measured):
+    """A registered prediction (loss, interval) against the measured loss."""
+    lo, hi = pred["interval"]
+    return dict(predicted=pred["loss"], interval=[lo, hi], rel_error=(pred["loss"] - measured) / measured,
+                in_interval=lo <= measured <= hi)
 
 
 def plot_loss(record, metric, measured, target_compute, path, others=()):

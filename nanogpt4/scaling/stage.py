@@ -18,6 +18,7 @@ from ..common import atomic_write_json
 from .. import config as C
 from . import capability, hindsight, ladder as L, predict, registry
 
+
 def paths(out):
     out = Path(out)
     return dict(tokenizer=out / "tokenizer", tokens=out / "tokenizer" / "tokens", ladder=out / "ladder.json",
@@ -38,11 +39,11 @@ def step_tokenizer(args, preset, p):
 
 
 def step_ladder(args, preset, p):
-    configs = L.fit_configs(preset) + L.cap_configs(preset)
-    was_done = all((Path(args.out) / "ladder" / L.name(tc) / "done.json").exists() for tc in configs)
+    fit, cap = L.fit_configs(preset), L.cap_configs(preset)
+    was_done = all((Path(args.out) / "ladder" / L.name(tc) / "done.json").exists() for tc in fit + cap)
     L.check_preset(preset)
-    rows = L.run_ladder(args.out, p["tokens"], L.fit_configs(preset), quiet=args.quiet)
-    cap = L.run_ladder(args.out, p["tokens"], L.cap_configs(preset), quiet=args.quiet)
+    rows = L.run_ladder(args.out, p["tokens"], fit, quiet=args.quiet)
+    cap = L.run_ladder(args.out, p["tokens"], cap, quiet=args.quiet)
     atomic_write_json(p["ladder"], dict(preset=args.preset, runs=rows, capability_runs=cap))
     return "skipped" if was_done else None
 
