@@ -37,9 +37,9 @@ def run_stage(name, argv):
 
 def add_args(p):
     p.add_argument("--out", default="runs/default", help="work directory for every stage's outputs")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="model size and training horizon")
     p.add_argument("--sources", default=None, help="comma list of corpus sources (default: all)")
-    p.add_argument("--vocab-size", type=int, default=8192)
+    p.add_argument("--vocab-size", type=int, default=8192, help="tokenizer vocabulary size")
     p.add_argument("--cache", default=None, help="download cache (default ~/.cache/nanogpt4)")
 
 
@@ -68,14 +68,16 @@ def main(args):
                         "--vocab-size", str(args.vocab_size)], "tokenizer/tokens/meta.json")
     stage("pretrain", ["--out", str(out / "pretrain"), "--tokens", str(out / "tokenizer" / "tokens"), "--resume"]
           + PRESETS[args.preset], "pretrain/done.json")
-    from . import report, sample
-    model, tok = sample.load_run(out / "pretrain")
+    from . import report, runs, sample
+    from .engine import Engine
+    run = runs.load(out / "pretrain")
+    engine = Engine(run.model, run.tok)
     prompts = ["The ", "In the beginning", "def main(", "Call me Ishmael."]
     t = time.perf_counter()
-    samples = [dict(prompt=p, completion=sample.complete(model, tok, p, max_new_tokens=80, seed=i, num=1)[0])
+    samples = [dict(prompt=p, completion=sample.complete(engine, p, max_new_tokens=80, seed=i, num=1)[0][0])
                for i, p in enumerate(prompts)]
     atomic_write_json(out / "samples.json", samples)
-    timings["sample"] = dict(seconds=round(time.perf_counter() - t, 1), command="nanogpt4.sample.complete")
+    timings["sample"] = dict(seconds=round(time.perf_counter() - t, 1), command="nanogpt4.sample.complete (engine)")
     atomic_write_json(timings_path, timings)
     stage("scaling", ["all", "--out", str(out / "scaling"), "--corpus", str(out / "corpus"),
                       "--preset", SCALING[args.preset]], "scaling/hindsight.json")

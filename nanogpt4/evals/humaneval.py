@@ -19,6 +19,38 @@ def load_problems(cache=None):
         return [json.loads(line) for line in f if line.strip()]
 
 
+STOP = ("\ndef ", "\nclass ", "\nif ", "\nprint(", "\n#", "\n```")  # a new top-level statement ends the body
+
+
+def body_indent(prompt):
+    """Indentation of the body of the prompt's last `def`."""
+    line = [l for l in prompt.splitlines() if l.lstrip().startswith("def ")][-1]
+    return len(line) - len(line.lstrip()) + 4
+
+
+def completion_end(prompt):
+    """The one rule for where a model's completion of `prompt`'s function ends, as a function of the text so far
+    (→ the index to cut at, or None while it goes on): a prompt ending in a newline wants a body, which ends
+    before a new top-level statement (STOP) or the first line indented less than the body; a prompt ending
+    mid-line wants the rest of that line. Every code sampler here (HumanEval, the capability problems) uses it,
+    as the engine's `stop_fn`, so generation stops as soon as every sample has ended."""
+    indent = body_indent(prompt) if prompt.endswith("\n") else None
+
+    def end(text):
+        if indent is None:
+            i = text.find("\n")
+            return i if i >= 0 else None
+        cuts = [i for i in (text.find(s) for s in STOP) if i >= 0]
+        pos = 0
+        for line in text.splitlines(keepends=True):
+            if line.strip() and len(line) - len(line.lstrip()) < indent:
+                cuts.append(max(pos - 1, 0))
+                break
+            pos += len(line)
+        return min(cuts) if cuts else None
+    return end
+
+
 def program(problem, completion):
     """The program that checks a completion: prompt + completion + the hidden tests + the check call."""
     return problem["prompt"] + completion + "\n" + problem["test"] + f"\ncheck({problem['entry_point']})\n"

@@ -1,6 +1,6 @@
 """The GPT decoder: RoPE, parameter-free RMSNorm, grouped-query attention via SDPA with QK-norm, a learned
-per-head query gain and smeared keys (see Attention), ReLU² MLP, no biases, a KV cache and left padding for
-batched generation, and image embeddings spliced in at image-placeholder tokens.
+per-head query gain and smeared keys (see Attention), ReLU² MLP, no biases, a KV cache with per-row
+positions for continuous batching (engine.py), and image embeddings spliced in at image-placeholder tokens.
 
 Parametrisation is maximal-update style (muP, Yang et al. 2022, "Tensor Programs V"): hidden matrices are
 initialised with std 1/sqrt(fan_in) and trained with a learning rate scaled by base_width/width (see
@@ -73,38 +73,89 @@ def explicit_causal_attention(q, k, v):
     return torch.softmax(scores.float(), -1).to(q.dtype) @ v
 
 
-class PadMask:
-    """Left padding of a batch: row b's first pad[b] positions are padding. `keys` (B,S) marks real positions;
-    `attn` (B,1,T,S) lets a real query see real keys up to itself (a padding query sees only itself, so its row
-    stays finite). RoPE scores depend on relative positions only, so a left-padded row computes what it would
-    alone, up to rounding."""
-
-    def __init__(self, pad, start, T):
-        pos = torch.arange(start + T, device=pad.device)
-        self.keys = pos[None, :] >= pad[:, None]
-        q = pos[start:, None]
-        causal = pos[None, :] <= q
-        self.attn = ((causal[None] & self.keys[:, None, :]) | (pos[None, :] == q)[None])[:, None]
+def cached_attention(q, k, v, cache, layer):
+    """Attention of T new queries q (B,H,T,hd) per row over that row's cached keys (positions < pos[b]) and the
+    new keys k, v (B,KV,T,hd) up to themselves, written out with the query heads of a group stacked against
+    their shared key/value head. The cache is only read here (writes happen in `commit`), so a compiled decode
+    step has no in-place updates of its inputs. ~10x faster than CPU SDPA with a mask at batch 1."""
+    B, H, T, hd = q.shape
+    KV, G = k.size(1), H // k.size(1)
+    q = q.reshape(B, KV, G * T, hd) * hd ** -0.5
+    old = (q @ cache.k[layer].transpose(-1, -2)).float().view(B, KV, G, T, -1)  # (B,KV,G,T,S)
+    new = (q @ k.transpose(-1, -2)).float().view(B, KV, G, T, T)
+    old = old.masked_fill(~cache.past[:, None, None, None, :], float("-inf"))
+    new = new.masked_fill(~torch.ones(T, T, dtype=torch.bool, device=q.device).tril(), float("-inf"))
+    p = torch.softmax(torch.cat((old, new), -1), -1).to(v.dtype)
+    S = old.size(-1)
+    y = p[..., :S].reshape(B, KV, G * T, S) @ cache.v[layer] + p[..., S:].reshape(B, KV, G * T, T) @ v
+    return y.view(B, H, T, hd)
 
 
 class KVCache:
-    """Pre-allocated keys and values for every layer; `pos` is how many positions are filled."""
+    """Pre-allocated keys and values for `batch_size` rows, each row its own sequence with its own length
+    `pos[b]` (rows of a continuous batch join and leave at different times). A forward pass reads the cache and
+    stages its new keys and values; `commit` writes them at each row's positions (GPT.forward commits, except
+    inside a compiled step, whose caller commits after it). `rows(stop, start)` is a view of rows
+    start..stop-1 that shares the storage."""
 
     def __init__(self, cfg: ModelConfig, batch_size, max_len, dtype=torch.float32, device=None):
         shape = (cfg.n_layer, batch_size, cfg.n_kv_head, max_len, cfg.head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.last_k = torch.zeros(shape[:3] + (1, shape[4]), dtype=dtype, device=device)  # raw key before pos
-        self.pos = 0
+        self.pos = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.max_len = max_len
+        self.staged, self.lengths = {}, None  # lengths: real tokens per row of a right-padded prefill (commit)
 
-    def update(self, layer, k, v):
-        T = k.size(2)
-        if self.pos + T > self.max_len:
-            raise ValueError(f"KV cache full: {self.pos}+{T} > {self.max_len}")
-        self.k[layer, :, :, self.pos:self.pos + T] = k
-        self.v[layer, :, :, self.pos:self.pos + T] = v
-        return self.k[layer, :, :, :self.pos + T], self.v[layer, :, :, :self.pos + T]
+    def rows(self, stop, start=0):
+        view = object.__new__(KVCache)
+        rows = slice(start, stop)
+        view.k, view.v, view.last_k, view.pos = self.k[:, rows], self.v[:, rows], self.last_k[:, rows], self.pos[rows]
+        view.max_len, view.staged, view.lengths = self.max_len, {}, None
+        return view
+
+    def reset(self, row):
+        """Empty one row (a new sequence starts there)."""
+        self.pos[row] = 0
+        self.last_k[:, row] = 0
+
+    def copy_row(self, src, dst, cache=None):
+        """Row dst (of this cache) becomes a copy of row src of `cache` (default: this one)."""
+        cache = cache or self
+        n = int(cache.pos[src])
+        self.k[:, dst, :, :n] = cache.k[:, src, :, :n]
+        self.v[:, dst, :, :n] = cache.v[:, src, :, :n]
+        self.last_k[:, dst] = cache.last_k[:, src]
+        self.pos[dst] = n
+
+    def begin(self, T):
+        """Positions (B,T) of T new tokens per row; `past` (B,max_len) marks each row's cached positions."""
+        self.past = torch.arange(self.max_len, device=self.pos.device) < self.pos[:, None]
+        return self.pos[:, None] + torch.arange(T, device=self.pos.device)
+
+    def stage(self, layer, k, v, raw_k):
+        self.staged[layer] = (k, v, raw_k)
+
+    def commit(self):
+        """Write the staged keys and values (B,KV,T,hd) of every layer at each row's positions and advance pos by
+        T, or by `lengths` (B,) when set (right-padded rows of a batched prefill count only their real tokens)."""
+        lengths = self.lengths
+        layers = sorted(self.staged)
+        k = torch.stack([self.staged[i][0] for i in layers])  # (L,B,KV,T,hd)
+        v = torch.stack([self.staged[i][1] for i in layers])
+        T = k.size(3)
+        at = self.pos[:, None] + torch.arange(T, device=k.device)
+        rows = torch.arange(k.size(1), device=k.device)[:, None]
+        self.k[:, rows, :, at] = k.permute(1, 3, 0, 2, 4)  # indexed dims first: (B,T,L,KV,hd)
+        self.v[:, rows, :, at] = v.permute(1, 3, 0, 2, 4)
+        raw = torch.stack([self.staged[i][2] for i in layers])  # (L,B,KV,T,hd): the key before smearing
+        if lengths is None:
+            self.last_k[layers] = raw[:, :, :, -1:]
+            self.pos += T
+        else:
+            self.last_k[layers] = raw[:, rows[:, 0], :, lengths - 1].transpose(0, 1)[..., None, :]
+            self.pos += lengths
+        self.staged = {}
 
 
 class Attention(nn.Module):
@@ -130,37 +181,26 @@ class Attention(nn.Module):
         """k (B,KV,T,hd) raw keys → smeared keys; the cache remembers the last raw key for the next call."""
         prev = cache.last_k[self.layer_idx].to(k.dtype) if cache is not None else torch.zeros_like(k[:, :, :1])
         shifted = torch.cat((prev, k[:, :, :-1]), 2)
-        if cache is not None:
-            cache.last_k[self.layer_idx] = k[:, :, -1:]
         a = torch.sigmoid(self.smear).to(k.dtype).view(-1, 1, 1)
         return k + a * (shifted - k)
 
-    def forward(self, x, cos, sin, cache=None, pad_mask=None):
+    def forward(self, x, cos, sin, cache=None):
         B, T, _ = x.shape
         H, KV, hd = self.cfg.n_head, self.cfg.n_kv_head, self.cfg.head_dim
         q = self.c_q(x).view(B, T, H, hd).transpose(1, 2)
         k, v = self.c_kv(x).view(B, T, 2, KV, hd).permute(2, 0, 3, 1, 4)
+        raw = k
         if self.smear is not None:
-            if pad_mask is not None:  # a padding key is 0: the first real token smears in nothing, as unpadded
-                k = k * pad_mask.keys[:, None, -T:, None].to(k.dtype)
             k = self.smear_keys(k, cache)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k = rms_norm(q) * self.q_gain.to(q.dtype).view(-1, 1, 1), rms_norm(k)  # QK-norm: bounded logits
-        mask, causal = None, True
-        if cache is not None:
-            start = cache.pos
-            k, v = cache.update(self.layer_idx, k, v)
-            if start > 0:  # queries at positions start..start+T-1 see keys 0..their own position
-                causal = False
-                if T > 1:
-                    mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
-        if pad_mask is not None:
-            mask, causal = pad_mask.attn, False
-        if cache is None and pad_mask is None and x.device.type == "cpu" and torch.compiler.is_compiling():
+        if cache is not None:  # each row's queries see its own cached keys up to themselves
+            y = cached_attention(q, k, v, cache, self.layer_idx)
+            cache.stage(self.layer_idx, k, v, raw)
+        elif x.device.type == "cpu" and torch.compiler.is_compiling():
             y = explicit_causal_attention(q, k, v)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None and T > 1,
-                                               enable_gqa=KV != H)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=KV != H)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, H * hd))
 
 
@@ -180,8 +220,8 @@ class Block(nn.Module):
         self.attn = Attention(cfg, layer_idx)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, cache=None, pad_mask=None):
-        x = x + self.attn(rms_norm(x), cos, sin, cache, pad_mask)
+    def forward(self, x, cos, sin, cache=None):
+        x = x + self.attn(rms_norm(x), cos, sin, cache)
         return x + self.mlp(rms_norm(x))
 
 
@@ -245,21 +285,29 @@ class GPT(nn.Module):
             x = x.masked_scatter(pos.unsqueeze(-1), images.to(x.dtype))
         return x
 
-    def forward(self, idx, targets=None, images=None, cache=None, loss_mask=None, reduction="mean", pad=None):
-        """idx (B,T) token ids; images (n_placeholders, n_embd) row-major over placeholder positions;
-        pad (B,) left-padding lengths of the rows (batched prompts of different lengths; see PadMask);
-        returns logits (B,T,V) or, with targets, the mean cross-entropy (ignore_index -1)."""
+    def forward(self, idx, targets=None, images=None, cache=None, loss_mask=None, reduction="mean", logits_at=None):
+        """idx (B,T) token ids; images (n_placeholders, n_embd) row-major over placeholder positions; cache: a
+        KVCache (or a `rows(...)` view of one) whose rows continue from their own lengths; returns logits (B,T,V),
+        or only at position logits_at[b] of each row (B,V), or, with targets, the mean cross-entropy
+        (ignore_index -1)."""
         B, T = idx.shape
-        start = cache.pos if cache is not None else 0
-        if start + T > self.cfg.seq_len:
-            raise ValueError(f"sequence of {start + T} tokens exceeds the context of {self.cfg.seq_len}")
-        cos, sin = self.cos[start:start + T], self.sin[start:start + T]
-        pad_mask = PadMask(pad, start, T) if pad is not None else None
+        if cache is None:
+            if T > self.cfg.seq_len:
+                raise ValueError(f"sequence of {T} tokens exceeds the context of {self.cfg.seq_len}")
+            cos, sin = self.cos[:T], self.sin[:T]
+        else:
+            positions = cache.begin(T)
+            if not torch.compiler.is_compiling() and int(positions[:, -1].max()) >= min(cache.max_len, self.cfg.seq_len):
+                raise ValueError(f"sequence of {int(positions[:, -1].max()) + 1} tokens exceeds the context of "
+                                 f"{min(cache.max_len, self.cfg.seq_len)}")
+            cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]  # (B,1,T,hd/2): per-row positions
         x = self.embed(idx, images)
         for block in self.blocks:
-            x = block(x, cos, sin, cache, pad_mask)
-        if cache is not None:
-            cache.pos += T
+            x = block(x, cos, sin, cache)
+        if cache is not None and not torch.compiler.is_compiling():
+            cache.commit()
+        if logits_at is not None:
+            x = x[torch.arange(B, device=x.device), logits_at]
         x = rms_norm(x)
         logits = self.lm_head(x) / self.width_mult  # muP readout multiplier
         if targets is None:
@@ -268,32 +316,3 @@ class GPT(nn.Module):
             targets = targets.masked_fill(loss_mask == 0, -1)
         return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1,
                                reduction=reduction)
-
-    @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, stop_ids=(), generator=None,
-                 use_cache=True, pad=None):
-        """Sample continuations of idx (B,T), rows left-padded by pad (B,) if given; yields each new token column
-        (B,) as it is produced."""
-        B, T = idx.shape
-        max_len = min(self.cfg.seq_len, T + max_new_tokens)
-        cache = KVCache(self.cfg, B, max_len, dtype=next(self.parameters()).dtype, device=idx.device) if use_cache else None
-        seq = idx
-        logits = self(idx, cache=cache, pad=pad)[:, -1]
-        for _ in range(max_new_tokens):
-            if seq.size(1) >= self.cfg.seq_len:
-                break
-            if temperature == 0:
-                nxt = logits.argmax(-1)
-            else:
-                logits = logits.float() / temperature
-                if top_k:
-                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                nxt = torch.multinomial(F.softmax(logits, -1), 1, generator=generator).squeeze(1)
-            yield nxt
-            seq = torch.cat([seq, nxt[:, None]], dim=1)
-            if stop_ids and all(int(t) in stop_ids for t in nxt):
-                break
-            if seq.size(1) >= self.cfg.seq_len:
-                break
-            logits = (self(nxt[:, None], cache=cache, pad=pad) if use_cache else self(seq, pad=pad))[:, -1]

@@ -43,12 +43,12 @@ from pathlib import Path
 from string import Template
 
 import numpy as np
-import torch
 
-from .. import config as C
+from .. import config as C, runs
 from ..common import atomic_write_json
 from ..evals.execution import run_programs
-from ..evals.humaneval import program
+from ..engine import Engine, SamplingParams, prompt_ids
+from ..evals.humaneval import body_indent, completion_end, program
 from . import registry
 from .laws import PassRateFit, fit_pass_rate
 
@@ -195,12 +195,6 @@ def _identifiers(rng, fn):
                 v1=v1, v2=v2, v3=v3, w1=w1, w2=w2, W1=w1.upper())
 
 
-def body_indent(prompt):
-    """Indentation of the body of the prompt's last `def`."""
-    line = [l for l in prompt.splitlines() if l.lstrip().startswith("def ")][-1]
-    return len(line) - len(line.lstrip()) + 4
-
-
 def line_cut(body):
     """(head, rest) of a one-line body that a line problem can cut after its keyword or assignment operator."""
     m = re.fullmatch(r"(return|raise|[\w.]+ \+?=)( .+)", body)
@@ -232,45 +226,16 @@ def problem_set_hash(problems):
 
 # ----------------------------------------------------------------------------- sampling and measuring
 
-STOP = ("\ndef ", "\nclass ", "\nif __name__", "\n#", "\nprint(")
+STOP_RULE = "humaneval.completion_end/1"  # part of the cached settings: a new rule is new measurements
 
 
-def truncate(text, indent):
-    """Cut a completion before the newline that starts the first stop sequence or the first line indented less
-    than the body; a line problem (indent None) ends at the first newline."""
-    if indent is None:
-        return text.split("\n", 1)[0]
-    text = text[:min([text.find(s) for s in STOP if s in text] + [len(text)])]
-    pos = 0
-    for line in text.splitlines(keepends=True):
-        if line.strip() and len(line) - len(line.lstrip()) < indent:
-            return text[:max(pos - 1, 0)]
-        pos += len(line)
-    return text
-
-
-@torch.no_grad()
-def sample_completions(model, tok, prompt, n, max_new_tokens=64, temperature=0.8, top_k=None, seed=0):
-    """n completions of the prompt's function body, sampled in one batch (KV cache), each cut by `truncate`;
-    generation ends when every sample has stopped."""
-    indent = body_indent(prompt) if prompt.endswith("\n") else None  # a prompt that ends mid-line: a line problem
-    ids = ([tok.eot_id] + tok.encode(prompt))[-(model.cfg.seq_len - max_new_tokens):]
-    dev = next(model.parameters()).device
-    g = torch.Generator(device=dev).manual_seed(seed)
-    rows, done = [[] for _ in range(n)], [False] * n
-    for col in model.generate(torch.tensor([ids] * n, device=dev), max_new_tokens, temperature=temperature,
-                              top_k=top_k, generator=g):
-        for i, t in enumerate(col.tolist()):
-            if not done[i]:
-                if t == tok.eot_id:
-                    done[i] = True
-                else:
-                    rows[i].append(t)
-                    text = tok.decode(rows[i])
-                    done[i] = truncate(text, indent) != text
-        if all(done):
-            break
-    return [truncate(tok.decode(r), indent) for r in rows]
+def sample_completions(engine, prompt, n, max_new_tokens=64, temperature=0.8, top_k=None, seed=0):
+    """n completions of the prompt's function body (or line) through the engine, each ended by the one code
+    stop rule (`humaneval.completion_end`); returns (completions, prompt tokens cut from the left to fit)."""
+    ids, cut = prompt_ids(engine.tok, prompt, engine.n_ctx - max_new_tokens)
+    params = SamplingParams(max_tokens=max_new_tokens, temperature=temperature, top_k=top_k or 0, seed=seed, n=n,
+                            stop_fn=completion_end(prompt))
+    return [c.text for c in engine.generate([ids], params)[0].choices], cut
 
 
 def pass_at_k(n, c, k):
@@ -280,37 +245,29 @@ def pass_at_k(n, c, k):
     return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
 
 
-def _checkpoint_id(run):
-    from ..train import checkpoint
-    ckpt = checkpoint.latest(Path(run) / "ckpt")
-    if ckpt is None:
-        raise FileNotFoundError(f"{run} has no checkpoint")
-    return f"{ckpt.name}:{json.loads((ckpt / 'meta.json').read_text())['sha256']['model.safetensors']}"
-
-
 def measure(runs, problems, n=100, temperature=0.8, top_k=None, max_new_tokens=64, seed=0, timeout=3.0, workers=4,
-            device="cpu", table=None, log=print):
+            device=None, table=None, log=print):
     """{run: {task_id: {n, passed, pass_at_1, unique, results, example}}} for each run directory: n samples per
     problem, identical programs executed once. Results are cached per run in
     <run>/capability/<settings>.json (written after every problem, tied to the checkpoint), so a re-run skips
     finished work. `table`: also write the whole table there."""
-    from ..sample import load_run
-    settings = dict(problem_set=problem_set_hash(problems), n=n, temperature=temperature, top_k=top_k,
+    settings = dict(problem_set=problem_set_hash(problems), stop_rule=STOP_RULE, n=n, temperature=temperature, top_k=top_k,
                     max_new_tokens=max_new_tokens, seed=seed)
     tag = hashlib.sha256(registry.canonical(settings).encode()).hexdigest()[:12]
     out = {}
     for run in runs:
-        path, ckpt = Path(run) / "capability" / f"{tag}.json", _checkpoint_id(run)
+        path, ckpt = Path(run) / "capability" / f"{tag}.json", runs.checkpoint_id(run)
         cache = json.loads(path.read_text()) if path.exists() else {}
         done = cache["problems"] if cache.get("checkpoint") == ckpt else {}
-        model = tok = None
+        engine = None
         for p in problems:
             if p["task_id"] in done:
                 continue
-            if model is None:
-                model, tok = load_run(run, device)
+            if engine is None:
+                loaded = runs.load(run, device)
+                engine = Engine(loaded.model, loaded.tok, max_rows=max(32, n))
             s = seed + zlib.crc32(p["task_id"].encode())  # a fixed seed per (problem, model)
-            comps = sample_completions(model, tok, p["prompt"], n, max_new_tokens, temperature, top_k, s)
+            comps, cut = sample_completions(engine, p["prompt"], n, max_new_tokens, temperature, top_k, s)
             progs = [program(p, c) for c in comps]
             res = run_programs(progs, timeout, workers)
             c = sum(r == "passed" for r in res)
@@ -320,7 +277,7 @@ def measure(runs, problems, n=100, temperature=0.8, top_k=None, max_new_tokens=6
             top = dict(sorted(hist.items(), key=lambda kv: -kv[1])[:5])
             example = next((x for x, r in zip(comps, res) if r == "passed"), comps[0])
             done[p["task_id"]] = dict(n=n, passed=c, pass_at_1=pass_at_k(n, c, 1), unique=len(set(progs)),
-                                      results=top, example=example)
+                                      results=top, example=example, prompt_tokens_cut=cut)
             atomic_write_json(path, dict(settings=settings, checkpoint=ckpt, problems=done))
         solved = sum(done[p["task_id"]]["passed"] > 0 for p in problems)
         log(f"{run}: {solved}/{len(problems)} problems solved at least once in {n} samples")
@@ -357,7 +314,7 @@ def _run_info(run):
 
 
 def predict_capability(path, fit_runs, target_run, target_config, target_compute, problems=None, measured=None,
-                       n_buckets=4, settings=None, device="cpu", log=print):
+                       n_buckets=4, settings=None, device=None, log=print):
     """Fit the capability law per difficulty bucket on `fit_runs` (measured here unless `measured` is given) and
     register the prediction for the target (its training config and planned compute) at `path`."""
     settings = dict(settings or {})
@@ -387,7 +344,7 @@ def predict_capability(path, fit_runs, target_run, target_config, target_compute
     return registry.register(path, target_config, target_run, ladder, pred)
 
 
-def verify_capability(path, target_run, problems=None, measured=None, out=None, png=None, device="cpu", log=print):
+def verify_capability(path, target_run, problems=None, measured=None, out=None, png=None, device=None, log=print):
     """Check the registered record and the target's config, measure (unless `measured` is given) the target with
     the registered settings, and write predicted vs measured per bucket to `out` (JSON) and `png`."""
     record = registry.load(path)

@@ -29,6 +29,7 @@ import random
 from pathlib import Path
 
 from ..common import atomic_write_json
+from ..runs import checkpoint_id, load
 from ..scoring import batch_option_logprobs
 
 OPTIONS = (" Y", " N")
@@ -141,20 +142,13 @@ def evaluate_model(model, tok, items, batch_size=16):
     return res
 
 
-def evaluate(run_dir, items, device="cpu", batch_size=16):
-    """Evaluate a run directory's latest checkpoint: dict(accuracy, stderr, n, per_item, ...)."""
-    from ..sample import load_run
-    model, tok = load_run(run_dir, device)
-    return evaluate_model(model, tok, items, batch_size)
+def evaluate(run_dir, items, device=None, batch_size=16):
+    """Evaluate a run directory's newest verified checkpoint: dict(accuracy, stderr, n, per_item, ...)."""
+    run = load(run_dir, device)
+    return evaluate_model(run.model, run.tok, items, batch_size)
 
 
-def _checkpoint_id(run_dir):
-    from ..train import checkpoint
-    ckpt = checkpoint.latest(Path(run_dir) / "ckpt")
-    return ckpt.name if ckpt else None
-
-
-def evaluate_ladder(runs, items=None, device="cpu", batch_size=16, force=False):
+def evaluate_ladder(runs, items=None, device=None, batch_size=16, force=False):
     """runs: list of (name, run_dir, compute). Evaluates each run (cached in run_dir/hindsight.json, reused when
     the items' hash, the checkpoint and the cache version match) and returns one summary dict per run."""
     items = generate_items() if items is None else items
@@ -162,7 +156,7 @@ def evaluate_ladder(runs, items=None, device="cpu", batch_size=16, force=False):
     out = []
     for name, run_dir, compute in runs:
         path = Path(run_dir) / CACHE_NAME
-        ckpt = _checkpoint_id(run_dir)
+        ckpt = checkpoint_id(run_dir)
         cached = json.loads(path.read_text()) if path.exists() and not force else None
         if cached and cached.get("items_sha256") == h and cached.get("checkpoint") == ckpt \
                 and cached.get("version") == CACHE_VERSION:

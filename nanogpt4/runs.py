@@ -1,0 +1,102 @@
+"""Loading a run for inference: the one place that reads a run directory (`config.json` with defaults for fields
+added since it was written, its `tokenizer.json`, its newest checkpoint that verifies) and puts the model on a
+device. Sampling, the evals, the engine's callers, the scaling samplers, the server and the benches load runs
+through here; nothing here imports the trainer.
+
+    run = runs.load("runs/default/pretrain")          # cuda when present, else cpu
+    run.model, run.tok, run.checkpoint_id, run.config["train"]["depth"]
+"""
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+
+from .train import checkpoint  # TODO move
+from .common import UserError
+from .model.gpt import GPT, ModelConfig
+from .tokenizer import Tokenizer
+
+
+class RunError(UserError):
+    pass
+
+
+def default_device():
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def read_config(run) -> dict:
+    """A run's config.json; `train` and `model` padded with today's defaults for fields added after the run was
+    written (a field the code no longer knows is an error: that run needs the code that made it)."""
+    from .config import TrainConfig
+    path = Path(run) / "config.json"
+    try:
+        cfg = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunError(f"{run} is not a run directory (no config.json)") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise RunError(f"{path}: unreadable ({e})") from None
+    for key, cls in (("train", TrainConfig), ("model", ModelConfig)):
+        if key not in cfg:
+            continue
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(cfg[key]) - known)
+        if unknown:
+            raise RunError(f"{path}: {key} fields {unknown} are unknown to this version of nanogpt4")
+        cfg[key] = {**cls().to_dict(), **cfg[key]}
+    return cfg
+
+
+def newest_checkpoint(run):
+    """The newest checkpoint of a run that verifies (sha256 of every file), or a RunError saying why none does."""
+    ckpt, rejected = checkpoint.latest_valid(Path(run) / "ckpt")
+    if ckpt is None:
+        why = "; ".join(rejected) if rejected else "no checkpoint"
+        raise RunError(f"{run}: no usable checkpoint ({why})")
+    return ckpt
+
+
+def checkpoint_id(run):
+    """`step_…:<sha256 of the weights>` of the checkpoint `load` would use: what caches of measured results and
+    served snapshots are keyed by."""
+    ckpt = newest_checkpoint(run)
+    return f"{ckpt.name}:{json.loads((ckpt / 'meta.json').read_text())['sha256']['model.safetensors']}"
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict
+    model: GPT
+    tok: Tokenizer
+    checkpoint: Path
+    checkpoint_id: str
+    device: torch.device
+
+
+def load(run, device=None, dtype=None) -> Run:
+    """A run ready for inference: model in eval mode on `device` (default: cuda when present, else cpu) in
+    `dtype` (default: the weights' own, float32), its tokenizer and which checkpoint was loaded."""
+    run = Path(run)
+    if not run.is_dir():
+        raise RunError(f"run directory {run} does not exist")
+    cfg = read_config(run)
+    if "model" not in cfg:
+        raise RunError(f"{run}/config.json has no model config")
+    ckpt = newest_checkpoint(run)
+    model = GPT(ModelConfig(**cfg["model"]))
+    try:
+        checkpoint.load(ckpt, model)
+    except RuntimeError as e:  # load_state_dict: the weights do not fit the config
+        raise RunError(f"{ckpt}: weights do not match {run}/config.json ({str(e).splitlines()[0]})") from None
+    tok_path = run / "tokenizer.json"
+    if not tok_path.exists():
+        raise RunError(f"{run} has no tokenizer.json")
+    tok = Tokenizer.load(tok_path)
+    if tok.vocab_size > model.cfg.vocab_size:
+        raise RunError(f"{tok_path}: {tok.vocab_size} tokens, more than the model's {model.cfg.vocab_size}")
+    device = torch.device(device or default_device())
+    model = model.to(device=device, dtype=dtype or torch.float32).eval()
+    sha = json.loads((ckpt / "meta.json").read_text())["sha256"]["model.safetensors"]
+    return Run(run, cfg, model, tok, ckpt, f"{ckpt.name}:{sha}", device)
