@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from nanogpt4.data import shards
-from nanogpt4 import runs
+from nanogpt4.runs import load as load_run
 from nanogpt4.train.pretrain import eval_windows
 
 BUCKETS = [(0, 8), (8, 32), (32, 96), (96, 256)]
@@ -20,7 +20,7 @@ BUCKETS = [(0, 8), (8, 32), (32, 96), (96, 256)]
 @torch.no_grad()
 def main(runs, split="heldout_code", n_tokens=2 ** 16):
     for run in runs:
-        loaded = runs.load(run, "cpu")
+        loaded = load_run(run, "cpu")
         cfg, model = loaded.config, loaded.model
         x, y = eval_windows(shards.load(cfg["tokens_dir"], split), model.cfg.seq_len, n_tokens)
         losses = []

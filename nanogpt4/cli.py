@@ -4,6 +4,8 @@ import importlib
 import os
 import sys
 
+from .common import UserError
+
 STAGES = {  # name: (module, help)
     "data": ("nanogpt4.data.corpus", "fetch, clean, dedup and split the corpus"),
     "tokenizer": ("nanogpt4.tokenizer", "train the BPE tokenizer and tokenise the corpus"),
@@ -14,6 +16,8 @@ STAGES = {  # name: (module, help)
     "report": ("nanogpt4.evals.card", "the eval report card of a run: benchmarks, calibration, contamination"),
     "run": ("nanogpt4.pipeline", "the main job: every stage in order, then the report"),
 }
+
+USER_ERRORS = (UserError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError)
 
 TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
 
@@ -29,7 +33,10 @@ def use_tcmalloc(cmd=None):
 
 
 def main(argv=None):
-    if argv is None:
+    """The command line (argv None): a user error is one line on stderr and exit status 1. Called from Python with
+    argv, every error is raised to the caller."""
+    command_line = argv is None
+    if command_line:
         use_tcmalloc()
     parser = argparse.ArgumentParser(prog="nanogpt4", description=__doc__)
     sub = parser.add_subparsers(dest="stage", required=True)
@@ -40,7 +47,13 @@ def main(argv=None):
         if argv and argv[0] == name:  # import only the stage that runs: fast start, independent stages
             importlib.import_module(module).add_args(p)
     args = parser.parse_args(argv)
-    importlib.import_module(args.module).main(args)
+    try:
+        importlib.import_module(args.module).main(args)
+    except USER_ERRORS as e:  # the user can fix these: one line, no traceback (a bug still shows its traceback)
+        if not command_line:
+            raise
+        print(f"nanogpt4: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -8,6 +8,11 @@ import tempfile
 from pathlib import Path
 
 
+class UserError(Exception):
+    """An error the user can cause and fix (bad input, a missing or corrupt file): the CLI prints its message as
+    one line and exits non-zero, without a traceback."""
+
+
 def cache_dir() -> Path:
     """Where downloaded packages live: $NANOGPT4_CACHE or ~/.cache/nanogpt4."""
     return Path(os.environ.get("NANOGPT4_CACHE", Path.home() / ".cache" / "nanogpt4"))
@@ -67,12 +72,20 @@ def command_line() -> str:
     return " ".join([Path(sys.argv[0]).name] + sys.argv[1:])
 
 
-def iter_jsonl(path):
-    """Yield one object per non-empty line of a JSONL file; a bad line is an error naming file and line."""
+class JsonlError(UserError, ValueError):
+    pass
+
+
+def iter_jsonl(path, torn_tail=False):
+    """Yield one object per non-empty line of a JSONL file; a bad line is an error naming file and line.
+    torn_tail: the file is a log appended to by a process that may have died mid-write, so a last line that has
+    no newline and does not parse is that torn write, and is dropped."""
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if line.strip():
                 try:
                     yield json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{n}: invalid JSON ({e})") from e
+                    if torn_tail and not line.endswith("\n"):  # only the last line can lack its newline
+                        return
+                    raise JsonlError(f"{path}:{n}: invalid JSON ({e})") from e

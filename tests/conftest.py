@@ -5,10 +5,6 @@ import random
 import pytest
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "network: fetches real packages from a registry")
-
-
 def generated_text(n_docs, seed=0):
     """Documents of simple, learnable English-like sentences (a small grammar), and a little Python."""
     rng = random.Random(seed)
@@ -55,7 +51,7 @@ def local_run(tiny_tokens, tmp_path_factory):
     import torch
     from nanogpt4.model.gpt import GPT, ModelConfig
     from nanogpt4.tokenizer import Tokenizer
-    from nanogpt4.train import checkpoint
+    from nanogpt4 import checkpoint
     run = tmp_path_factory.mktemp("run")
     tok = Tokenizer.load(tiny_tokens / "tokenizer" / "tokenizer.json")
     cfg = ModelConfig(vocab_size=tok.vocab_size, n_layer=2, n_embd=32, n_head=2, n_kv_head=1, seq_len=64)

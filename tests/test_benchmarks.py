@@ -51,6 +51,7 @@ def build(reg, name, fn, **args):
     return B.__dict__[spec.cls.split(":")[1]]([fn], reg, spec, **dict(spec.args, **args))
 
 
+@pytest.mark.network
 @pytest.mark.parametrize("name", sorted(MC))
 def test_multiple_choice_data_and_both_modes(reg, name):
     probe = build(reg, name, Oracle([]))
@@ -75,6 +76,7 @@ def test_multiple_choice_data_and_both_modes(reg, name):
         assert rep_b["score"] < 0.6  # always answering the first option is no giveaway (chance 0.25-0.5)
 
 
+@pytest.mark.network
 def test_shots_are_dropped_to_fit_and_the_question_kept(reg):
     items = build(reg, "mmlu", Oracle([])).samples()[:20]
     right = [((i["question"],), i["options"][i["label"]]) for i in items]
@@ -93,6 +95,7 @@ def test_shots_are_dropped_to_fit_and_the_question_kept(reg):
             assert r["truncated"] == (n_ctx == 5)
 
 
+@pytest.mark.network
 def test_gsm8k_and_drop_scoring(reg):
     assert B.last_number("so 3 + 4 = 7. So the answer is 1,234.") == 1234.0
     assert B.last_number("We get 12 then 15") == 15.0 and B.last_number("none") is None
@@ -126,6 +129,16 @@ def test_gsm8k_and_drop_scoring(reg):
     assert rep["score"] == 1.0 and rep["shots_used_mean"] == 3
 
 
+@pytest.mark.parametrize("said, answer", [("0.30000000000000004", "0.3"), ("3.0", "3"), ("1,000.0000001", "1,000")])
+def test_gsm8k_correct_and_exact_match_are_one_rule(said, answer):
+    gsm = build(R.default_registry(wheel=False), "gsm8k", lambda prompt, **kw: CF.CompletionResult([f" So the answer is {said}."]))
+    gsm.exemplars = []
+    rec = gsm.eval_sample(dict(id="0", question="q", answer=answer), None)
+    assert rec["exact_match"] == 1.0 and rec["correct"] is True
+    assert B.same_number(0.1 + 0.2, 0.3) and not B.same_number(0.3, 0.31) and not B.same_number(None, 0.3)
+
+
+@pytest.mark.network
 def test_humaneval_runs_completions_in_the_sandbox(reg):
     problems = {p["prompt"]: p for p in B.HE.load_problems()}
 
@@ -146,6 +159,7 @@ def test_humaneval_runs_completions_in_the_sandbox(reg):
     assert he.report([he.eval_sample(p, __import__("random").Random(0)) for p in items[:4]])["score"] == 0.0
 
 
+@pytest.mark.network
 def test_report_benchmarks_on_a_tiny_local_checkpoint(reg, local_run, tmp_path):
     fn = CF.LocalCompletion(local_run)
     for name in reg.resolve(["report-benchmarks", "report-benchmarks-letter"]):
@@ -154,11 +168,11 @@ def test_report_benchmarks_on_a_tiny_local_checkpoint(reg, local_run, tmp_path):
         assert report["errors"] == 0 and report["n"] == 2 and "score" in report and "chance" in report
 
 
+@pytest.mark.network
 def test_report_card_with_contamination_and_calibration(reg, local_run, tmp_path):
     from nanogpt4.cli import main as cli
     from nanogpt4.evals import card
     from nanogpt4.evals.run import select
-    spec = reg.get_eval("mmlu")
     items = [i for _, i in select(build(reg, "mmlu", None).samples(), 3)]
     corpus = tmp_path / "corpus" / "train.jsonl"
     corpus.parent.mkdir()
@@ -182,6 +196,7 @@ def test_report_card_with_contamination_and_calibration(reg, local_run, tmp_path
     assert "| MMLU | likelihood |" in md and "ECE" in md and (out / "calibration.png").stat().st_size > 10_000
 
 
+@pytest.mark.network
 def test_letter_mode_with_a_plain_completion_function(reg):
     """An HTTP model gives no log-probabilities of given text: letter mode asks for the letter and parses it."""
     items = build(reg, "arc-challenge", None).samples()[:30]

@@ -6,10 +6,11 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
-
+from nanogpt4 import runs
+from nanogpt4.config import TrainConfig
+from nanogpt4.engine import Engine, SamplingParams, prompt_ids
 from nanogpt4.evals.execution import run_programs
-from nanogpt4.evals.humaneval import program
+from nanogpt4.evals.humaneval import body_indent, completion_end, program
 from nanogpt4.scaling import capability as K
 from nanogpt4.scaling.registry import RegistryError
 
@@ -28,53 +29,54 @@ def test_reference_solutions_pass_and_wrong_ones_fail():
     assert 60 <= len(problems) <= 100 and len({p["prompt"] for p in problems}) == len(problems)
     assert K.build_problems() == problems  # fixed seed
     assert run_programs([program(p, p["canonical_solution"]) for p in problems]) == ["passed"] * len(problems)
-    wrong = [" None" if p["kind"] == "line" else " " * K.body_indent(p["prompt"]) + "pass\n" for p in problems]
+    wrong = [" None" if p["kind"] == "line" else " " * body_indent(p["prompt"]) + "pass\n" for p in problems]
     assert "passed" not in run_programs(map(program, problems + problems, wrong + [""] * len(problems)))
     assert {p["kind"] for p in problems} == {"line", "body"}
 
 
-def test_truncate_at_stops_and_dedent():
-    assert K.truncate("    return x\n\ndef g():\n    pass", 4) == "    return x\n"
-    assert K.truncate("    return x\nprint(f(1))", 4) == "    return x"
-    assert K.truncate("    return x\n# comment", 4) == "    return x"
-    assert K.truncate("    y = 1\n    return y\nx = 3\n", 4) == "    y = 1\n    return y"
-    assert K.truncate("        self.a = a\n\n    def other(self):\n", 8) == "        self.a = a\n"
-    assert K.truncate("    return [\n1, 2]", 4) == "    return ["  # a dedent ends the body even inside brackets
-    assert K.truncate("class A:\n    pass", 4) == ""
-    assert K.truncate("    return x", 4) == "    return x"
-    assert K.truncate(" x + y\n    return 2\n", None) == " x + y"  # a line problem ends with its line
+def cut(text, indent):
+    """A completion cut by the one code stop rule, for a prompt whose body has `indent` (None: a line problem)."""
+    prompt = {None: "x =", 4: "def f(x):\n", 8: "class A:\n    def f(self):\n"}[indent]
+    i = completion_end(prompt)(text)
+    return text if i is None else text[:i]
 
 
-class Scripted(torch.nn.Module):
-    """A stand-in model whose batch rows emit fixed token scripts, to test where sampling stops."""
+def test_completion_ends_at_stops_and_dedent():
+    assert cut("    return x\n\ndef g():\n    pass", 4) == "    return x\n"
+    assert cut("    return x\nprint(f(1))", 4) == "    return x"
+    assert cut("    return x\n# comment", 4) == "    return x"
+    assert cut("    y = 1\n    return y\nx = 3\n", 4) == "    y = 1\n    return y"
+    assert cut("        self.a = a\n\n    def other(self):\n", 8) == "        self.a = a\n"
+    assert cut("    return [\n1, 2]", 4) == "    return ["  # a dedent ends the body even inside brackets
+    assert cut("class A:\n    pass", 4) == ""
+    assert cut("    return x", 4) == "    return x"
+    assert cut("    return x\n  ", 4) == "    return x\n  "  # a line of spaces: not yet a dedent
+    assert cut(" x + y\n    return 2\n", None) == " x + y"  # a line problem ends with its line
 
-    def __init__(self, scripts, seq_len=256):
-        super().__init__()
-        self.scripts, self.cfg, self.w = scripts, type("Cfg", (), {"seq_len": seq_len}), torch.nn.Parameter(torch.zeros(1))
-        self.steps = 0
 
-    def generate(self, idx, max_new_tokens, **kw):
-        for i in range(max_new_tokens):
-            self.steps += 1
-            yield torch.tensor([s[i % len(s)] for s in self.scripts])
-
-
-def test_sampling_stops_at_stop_sequences(tiny_tokens):
-    from nanogpt4.tokenizer import Tokenizer
-    tok = Tokenizer.load(tiny_tokens / "tokenizer" / "tokenizer.json")
-    texts = ["    return x + y\n\ndef other():\n    pass\n", "    return x\nprint(add(1, 2))\n", "    return 1\n# end\n"]
-    scripts = [tok.encode(t) for t in texts] + [tok.encode("    return 0\n") + [tok.eot_id]]
-    model = Scripted(scripts)
-    out = K.sample_completions(model, tok, "def add(x, y):\n", 4, max_new_tokens=100)
-    assert out == ["    return x + y\n", "    return x", "    return 1", "    return 0\n"]
-    assert model.steps < 30  # generation ended once every row had stopped, long before max_new_tokens
+def test_sampling_ends_each_completion_by_the_stop_rule_as_soon_as_it_ends(local_run):
+    """The engine cuts each sample exactly where the rule cuts the free-running sample of the same seed, and
+    stops generating it there."""
+    run = runs.load(local_run, "cpu")
+    eng = Engine(run.model, run.tok)
+    for prompt in ("def add(x, y):\n", 'def f(a):\n    """Return a."""\n', "y = x +"):
+        out, cut_tokens = K.sample_completions(eng, prompt, 6, max_new_tokens=40, temperature=1.0, seed=3)
+        ids, _ = prompt_ids(run.tok, prompt)
+        free = eng.generate([ids], SamplingParams(max_tokens=40, temperature=1.0, seed=3, n=6))[0].choices
+        end = completion_end(prompt)
+        assert cut_tokens == 0
+        assert out == [c.text[:end(c.text)] if end(c.text) is not None else c.text for c in free]
+    stopped = eng.generate([ids], SamplingParams(max_tokens=40, temperature=1.0, seed=3, n=6, stop_fn=end))[0].choices
+    assert any(c.finish_reason == "stop" for c in stopped)
+    assert sum(map(len, (c.token_ids for c in stopped))) < sum(map(len, (c.token_ids for c in free)))
+    eng.close()
 
 
 def make_run(path, tok_path, **model_kw):
     """A run directory with a random-init GPT: config.json, tokenizer.json and a checkpoint."""
     from nanogpt4.model.gpt import GPT, ModelConfig
     from nanogpt4.tokenizer import Tokenizer
-    from nanogpt4.train import checkpoint
+    from nanogpt4 import checkpoint
     mc = ModelConfig(**dict(dict(vocab_size=Tokenizer.load(tok_path).vocab_size, n_layer=1, n_embd=32, n_head=2,
                                  n_kv_head=1, seq_len=128), **model_kw))
     model = GPT(mc)
@@ -94,8 +96,7 @@ def test_measure_runs_and_caches(tiny_tokens, tmp_path, monkeypatch):
     assert list(res) == [p["task_id"] for p in problems]
     assert all(r["n"] == 4 and 0 <= r["passed"] <= 4 and 1 <= r["unique"] <= 4 for r in res.values())
     assert json.loads((tmp_path / "table.json").read_text())["runs"] == json.loads(json.dumps(table))
-    import nanogpt4.sample
-    monkeypatch.setattr(nanogpt4.sample, "load_run", lambda *a: pytest.fail("cached work was redone"))
+    monkeypatch.setattr(K, "load_run", lambda *a: pytest.fail("cached work was redone"))
     assert K.measure([run], problems, n=4, max_new_tokens=16, log=lambda s: None) == table
 
 
@@ -121,7 +122,8 @@ def test_bucket_fit_predict_verify_round_trip(tmp_path):
         m["unsolvable"] = dict(n=10**6, passed=0)  # solved by no fit model: dropped
     m["p0"]["passed"] = 0  # unsolved by the largest fit model only: dropped too
     target = tmp_path / "target"
-    rec = K.predict_capability(tmp_path / "capability.json", runs, target, {"depth": 9}, 1e12, measured=measured,
+    tc = TrainConfig(depth=9)
+    rec = K.predict_capability(tmp_path / "capability.json", runs, target, tc.identity(), 1e12, measured=measured,
                                n_buckets=3, log=lambda s: None)
     pred = rec["prediction"]
     assert pred["problems_kept"] == 7 and pred["problems_total"] == 9
@@ -134,10 +136,11 @@ def test_bucket_fit_predict_verify_round_trip(tmp_path):
     (t_runs, t_measured) = fake_runs(tmp_path / "t", [1e12], alphas, k=0.3)
     target.mkdir()
     (target / "done.json").write_text(json.dumps({"flops": 1e12}))
-    (target / "config.json").write_text(json.dumps({"train": {"depth": 9, "lr": 0.1}, "model": {}}))
+    mc = tc.model_config().to_dict()
+    (target / "config.json").write_text(json.dumps({"train": {"depth": 9, "lr": 0.1}, "model": mc}))
     with pytest.raises(RegistryError, match="differs from the registered one"):
         K.verify_capability(tmp_path / "capability.json", target, measured=t_measured[str(t_runs[0])])
-    (target / "config.json").write_text(json.dumps({"train": {"depth": 9}, "model": {}}))
+    (target / "config.json").write_text(json.dumps({"train": {"depth": 9}, "model": mc}))  # older: fewer fields
     res = K.verify_capability(tmp_path / "capability.json", target, measured=t_measured[str(t_runs[0])],
                               out=tmp_path / "verify.json", png=tmp_path / "fig2.png", log=lambda s: None)
     assert all(abs(b["rel_error"]) < 1e-3 for b in res["buckets"] + [res["overall"]])

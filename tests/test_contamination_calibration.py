@@ -34,6 +34,20 @@ def test_contaminated_items_are_found_and_clean_ones_are_not(tmp_path):
     assert len(h) == 11 and len(set(h.tolist())) == 1  # equal windows hash equal
 
 
+def test_the_index_cache_is_rebuilt_when_the_rule_changes(tmp_path, monkeypatch):
+    corpus = tmp_path / "train.jsonl"
+    corpus.write_text(json.dumps({"text": "Hello, World! " * 10}) + "\n")
+    assert K.CorpusIndex.load_or_build(corpus, tmp_path / "cache").text.startswith("HelloWorld")
+
+    def lower_alnum(text):
+        return "".join(c for c in text.lower() if c.isalnum())
+    monkeypatch.setattr(K, "normalize", lower_alnum)
+    assert K.CorpusIndex.load_or_build(corpus, tmp_path / "cache").text.startswith("helloworld")
+    monkeypatch.setattr(K, "WINDOW", 40)
+    K.CorpusIndex.load_or_build(corpus, tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("*/meta.json"))) == 3  # one index per (corpus, rule)
+
+
 def test_calibration_error_and_plot(tmp_path):
     rng = np.random.default_rng(0)
     conf = rng.uniform(0.25, 1, 4000)

@@ -52,6 +52,7 @@ def test_cached_package_is_reused_and_a_corrupt_one_fetched_again(tmp_path, monk
     assert pkg.fetch(tmp_path).read_bytes() == good and len(calls) == 2
 
 
+@pytest.mark.network
 def test_failed_download_is_a_clear_error(tmp_path):
     pkg = S.Package("pypi", "nanogpt4-no-such-package-xyz", "0.0.1", "0" * 64, "x.tar.gz", sdist=True)
     with pytest.raises(S.FetchError, match="nanogpt4-no-such-package-xyz==0.0.1: download failed"):
@@ -248,3 +249,23 @@ def test_extra_parquet_and_hugging_face_datasets_on_local_files(tmp_path, monkey
     man = corpus.build(tmp_path / "c", cache=tmp_path, extra=[str(tmp_path / "p.parquet"), f"hf:{hf_dir}"], **QUIET)
     rows = {r["name"]: r for r in man["sources"]}
     assert rows["extra0"]["docs_kept"] == 4 and rows["extra1"]["docs_kept"] == 5
+
+
+def test_a_changed_hugging_face_extra_triggers_a_rebuild(tmp_path, monkeypatch):
+    pytest.importorskip("datasets")
+    fake_sources(monkeypatch, [], [])
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+    hf_dir = tmp_path / "hf_local"
+    hf_dir.mkdir()
+
+    def write(seed):
+        (hf_dir / "train.jsonl").write_text("".join(json.dumps({"text": prose(seed + i, 100)}) + "\n" for i in range(5)))
+    write(300)
+    man = corpus.build(tmp_path / "c", cache=tmp_path, extra=[f"hf:{hf_dir}"], **QUIET)
+    assert corpus.build(tmp_path / "c", cache=tmp_path, extra=[f"hf:{hf_dir}"], **QUIET)["created"] == man["created"]
+    write(400)  # a new version of the local dataset: same spec string, other content
+    man2 = corpus.build(tmp_path / "c", cache=tmp_path, extra=[f"hf:{hf_dir}"], **QUIET)
+    texts = {d["text"] for f in ("train", "val") for d in corpus.iter_docs(tmp_path / "c" / f"{f}.jsonl")}
+    assert man2["outputs"] != man["outputs"] and prose(400, 100) + "\n" in texts and prose(300, 100) + "\n" not in texts
+    assert man2["request"]["extra"][0][1] != man["request"]["extra"][0][1]

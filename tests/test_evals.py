@@ -6,6 +6,7 @@ import json
 import re
 import threading
 import time
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -32,6 +33,7 @@ def reg():
     return R.default_registry()
 
 
+@pytest.mark.network
 def test_wheel_specs_resolve_to_the_templates(reg):
     for cls, names in WHEEL_SPECS.items():
         for name in names:
@@ -53,6 +55,7 @@ def check_record(path, n):
     return final
 
 
+@pytest.mark.network
 def test_wheel_specs_against_a_local_checkpoint(reg, local_run, tmp_path):
     fn = CF.LocalCompletion(local_run)
     for cls, names in WHEEL_SPECS.items():
@@ -61,8 +64,12 @@ def test_wheel_specs_against_a_local_checkpoint(reg, local_run, tmp_path):
             report = run_eval(spec, reg, [fn], tmp_path / f"{name}.jsonl", max_samples=N, threads=4, log=lambda s: 0)
             final = check_record(tmp_path / f"{name}.jsonl", N)
             assert final == report and report["errors"] == 0 and report["samples"] == N
-            assert ("score" in report or "counts/__invalid__" in report) if cls == "ModelBasedClassify" \
-                else 0 <= report["accuracy"] <= 1
+            data = [e["data"] for e in recorder.read(tmp_path / f"{name}.jsonl")[1] if e["type"] == "sample"]
+            if cls == "ModelBasedClassify":  # the report's metrics are those of the recorded samples
+                assert {k: v for k, v in report.items() if k.startswith("counts/")} == \
+                    {f"counts/{c}": n for c, n in Counter(d["choice"] for d in data).items()}
+            else:
+                assert report["accuracy"] == pytest.approx(sum(d["correct"] for d in data) / N)
 
 
 class FakeOpenAI(BaseHTTPRequestHandler):
@@ -80,7 +87,7 @@ class FakeOpenAI(BaseHTTPRequestHandler):
             action = FakeOpenAI.script.pop(0) if FakeOpenAI.script else "ok"
         if action == "stall":
             time.sleep(1.0)
-        if action in ("429", "500"):
+        if action.isdigit():  # an HTTP error status
             self.send_response(int(action))
             self.send_header("Content-Type", "application/json")
             self.send_header("Retry-After", "0")
@@ -119,6 +126,7 @@ def server():
     srv.shutdown()
 
 
+@pytest.mark.network
 def test_wheel_specs_against_an_http_endpoint(reg, server, tmp_path):
     FakeOpenAI.answers.clear()
     for names in WHEEL_SPECS.values():
@@ -148,7 +156,7 @@ def test_wheel_specs_against_an_http_endpoint(reg, server, tmp_path):
     assert FakeOpenAI.script == []  # the failures happened, and were retried through
 
 
-def test_http_errors_that_are_not_transient_are_not_retried(server):
+def test_http_429_is_retried_until_max_retries(server):
     FakeOpenAI.script[:] = ["429"] * 10
     fn = CF.HTTPCompletion(server, "m", timeout=1, max_retries=2, backoff_s=0.001)
     FakeOpenAI.requests.clear()
@@ -160,6 +168,19 @@ def test_http_errors_that_are_not_transient_are_not_retried(server):
     text_api = CF.HTTPCompletion(server, "m", api="completions", timeout=1)
     assert text_api([{"role": "user", "content": "hi"}]).completions == ["I do not know."]
     assert FakeOpenAI.requests[-1] == "/v1/completions"
+
+
+@pytest.mark.parametrize("status", ["400", "401", "404"])
+def test_http_errors_that_are_not_transient_are_not_retried(server, status):
+    FakeOpenAI.script[:] = [status] * 10
+    FakeOpenAI.requests.clear()
+    fn = CF.HTTPCompletion(server, "m", timeout=1, max_retries=3, backoff_s=0.5)
+    t0 = time.time()
+    with pytest.raises(fn.openai.APIStatusError) as err:
+        fn("hi")
+    assert err.value.status_code == int(status)
+    assert len(FakeOpenAI.requests) == 1 and time.time() - t0 < 0.5  # one request, no backoff: it surfaces at once
+    FakeOpenAI.script[:] = []
 
 
 def test_template_semantics():
@@ -178,6 +199,12 @@ def test_template_semantics():
     assert f"{letter}) q" in text
 
 
+def test_few_shot_match_without_few_shot_jsonl_says_so(tmp_path):
+    spec = R.EvalSpec("mine", "mine.v0", "evals.elsuite.basic.match:Match", {}, tmp_path)
+    with pytest.raises(ValueError, match="num_few_shot needs few_shot_jsonl"):
+        T.Match([Scripted(str)], R.Registry([tmp_path]), spec, samples_jsonl="s.jsonl", num_few_shot=2)
+
+
 class Scripted:
     """An in-process completion function for testing the runner: answers with `answer(prompt)`."""
     name = "scripted"
@@ -190,6 +217,7 @@ class Scripted:
         return CF.CompletionResult([self.answer(prompt)])
 
 
+@pytest.mark.network
 def test_recorder_resumes_without_redoing_samples(reg, tmp_path):
     spec = reg.get_eval("algebra-word-problems")
     samples = reg.load_samples(spec.args["samples_jsonl"], spec.root)
@@ -220,6 +248,7 @@ def test_recorder_resumes_without_redoing_samples(reg, tmp_path):
     recorder.Recorder(out, dict(header, git_commit="a later commit"))  # newer code resumes the same run
 
 
+@pytest.mark.network
 def test_a_stalled_sample_does_not_hang_the_run(reg, tmp_path):
     spec = reg.get_eval("algebra-word-problems")
     gate = threading.Event()
@@ -230,6 +259,7 @@ def test_a_stalled_sample_does_not_hang_the_run(reg, tmp_path):
     assert time.time() - t0 < 3 and report["errors"] > 0
 
 
+@pytest.mark.network
 def test_user_registry_custom_class_and_cli(tmp_path, monkeypatch, capsys, local_run):
     root = tmp_path / "myreg"
     (root / "evals").mkdir(parents=True)
@@ -261,8 +291,49 @@ def test_user_registry_custom_class_and_cli(tmp_path, monkeypatch, capsys, local
     assert reg.get_eval("test-match").root == root
 
 
+def test_a_timed_out_eval_cancels_the_generation_it_abandoned(local_run, tmp_path):
+    """After a sample timeout the abandoned samples' generation stops at once instead of running (and holding the
+    model) into the evals after it."""
+    root = tmp_path / "reg"
+    (root / "evals").mkdir(parents=True)
+    (root / "data").mkdir()
+    rows = [{"input": [{"role": "user", "content": f"Count to {i}."}], "ideal": "x"} for i in range(6)]
+    (root / "data" / "s.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "evals" / "slow.yaml").write_text("slow:\n  id: slow.v0\nslow.v0:\n  class: evals.elsuite.basic.match:Match\n"
+                                               "  args:\n    samples_jsonl: s.jsonl\n    max_tokens: 30\n")
+    reg = R.Registry([root])
+    fn = CF.LocalCompletion(local_run, max_rows=2)
+    step = fn.engine.step
+    fn.engine.step = lambda: (time.sleep(0.05), step())  # a slow model: 6 samples × 30 tokens take seconds
+    report = run_eval(reg.get_eval("slow"), reg, [fn], tmp_path / "r.jsonl", threads=6, sample_timeout=0.3,
+                      log=lambda s: 0)
+    assert report["errors"] == 6
+    deadline = time.time() + 2
+    while (fn.engine.rows or fn.engine.pending) and time.time() < deadline:
+        time.sleep(0.01)
+    assert not fn.engine.rows and not fn.engine.pending  # nothing left running or queued
+    fn.engine.step = step
+    t0 = time.time()
+    assert fn("The cat", max_tokens=3).completions is not None and time.time() - t0 < 2  # the model is free
+
+
+def test_a_prompt_cut_to_fit_is_counted_in_the_record(local_run, tmp_path):
+    root = tmp_path / "reg"
+    (root / "evals").mkdir(parents=True)
+    (root / "data").mkdir()
+    rows = [{"input": "The cat sees the dog. " * 40, "ideal": "x"}, {"input": "Short.", "ideal": "x"}]
+    (root / "data" / "s.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "evals" / "long.yaml").write_text("long:\n  id: long.v0\nlong.v0:\n  class: evals.elsuite.basic.match:Match\n"
+                                               "  args:\n    samples_jsonl: s.jsonl\n    max_tokens: 8\n")
+    reg = R.Registry([root])
+    report = run_eval(reg.get_eval("long"), reg, [CF.LocalCompletion(local_run)], tmp_path / "r.jsonl", log=lambda s: 0)
+    data = {e["sample_id"]: e["data"] for e in recorder.read(tmp_path / "r.jsonl")[1] if e["type"] == "sample"}
+    assert data["long.v0.0"]["prompt_tokens_cut"] > 100 and "prompt_tokens_cut" not in data["long.v0.1"]
+    assert report["samples_cut"] == 1
+
+
 def test_local_completion_batches_match_single_requests(local_run):
-    fn = CF.LocalCompletion(local_run, max_batch=8, wait_s=0.05)
+    fn = CF.LocalCompletion(local_run, max_rows=8)
     prompts = ["def add(a, b):", "The cat", [{"role": "system", "content": "Hi"}, {"role": "user", "content": "Name?"}],
                "x = 1\ny ="]
     alone = [fn(p, max_tokens=10).completions[0] for p in prompts]
@@ -282,6 +353,7 @@ def test_local_completion_batches_match_single_requests(local_run):
     assert all(lp <= 0 for row in a.logprobs for _, lp in row)
 
 
+@pytest.mark.network
 def test_wheel_multiple_choice_specs_read_pinned_copies_and_local_hf_datasets(reg, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     letters = Scripted(lambda p: "B")

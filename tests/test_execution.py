@@ -1,7 +1,11 @@
-"""The sandbox runs untrusted programs with time, memory, file and network limits; HumanEval runs through it."""
+"""The sandbox runs untrusted programs with time, memory, file, process and network limits, says which isolation
+is in force; HumanEval runs through it."""
 import os
+import re
+import socket
 import tempfile
 import time
+import warnings
 
 import pytest
 
@@ -37,6 +41,86 @@ def test_network_is_refused():
         res = X.run_program(prog)
         assert res.startswith("failed") and "network access is disabled" in res, res
     assert "ModuleNotFoundError" in X.run_program("import _socket")
+
+
+RAW_CONNECT = """
+import socket
+s = socket.SocketType(socket.AF_INET, socket.SOCK_STREAM)  # the raw _socket.socket class: the monkeypatch misses it
+s.settimeout(5)
+s.connect(("127.0.0.1", {port}))
+"""
+
+MANY_PROCESSES = """
+import posix  # os.fork is disabled, posix.fork is not: only the kernel can stop this
+for _ in range(20):  # bounded, so that it is harmless where no limit is in force
+    pid = posix.fork()
+    if pid == 0:
+        posix._exit(0)
+    posix.waitpid(pid, 0)
+"""
+
+
+@pytest.fixture
+def port():
+    """The port of a TCP server listening on 127.0.0.1 in the tests' own network namespace."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        yield server.getsockname()[1]
+
+
+@pytest.fixture
+def fresh_isolation():
+    """isolation() probed anew in the test (which changes what the runner is given) and again after it."""
+    X.isolation.cache_clear()
+    yield
+    X.isolation.cache_clear()
+
+
+@pytest.mark.parametrize("tries", [X.UNSHARE_TRIES, (X.CLONE_NEWUSER | X.CLONE_NEWNET,)],
+                         ids=["default", "user-namespace"])
+def test_network_namespace_stops_a_raw_socket(tries, port, monkeypatch, fresh_isolation):
+    monkeypatch.setattr(X, "UNSHARE_TRIES", tries)
+    iso = X.isolation()
+    if not iso["network_namespace"] and re.search(r"unshare\(0x\w+\): ", iso["status"]):  # refused, with errno
+        pytest.skip("no network namespace on this kernel: " + iso["reason"])
+    res = X.run_program(RAW_CONNECT.format(port=port))
+    assert "Network is unreachable" in res, res  # the fresh namespace has only a loopback, and it is down
+    # the control: with neither the namespace nor the socket filter, the same program reaches the server
+    monkeypatch.setattr(X, "UNSHARE_TRIES", ())
+    monkeypatch.setattr(X, "seccomp_filter", lambda deny_sockets=False: b"")
+    with pytest.warns(RuntimeWarning, match="isolation differed"):
+        assert X.run_program(RAW_CONNECT.format(port=port)) == "passed"
+
+
+def test_process_limit_binds_even_as_root(fresh_isolation):
+    iso = X.isolation()
+    if not iso["process_limit"] and "no seccomp: " in iso["status"]:  # refused by the kernel, not by a bug
+        pytest.skip("no process limit on this kernel: " + iso["reason"])
+    assert X.run_program(MANY_PROCESSES) == "failed: BlockingIOError: [Errno 11] Resource temporarily unavailable"
+    assert X.run_program("import _thread\n_thread.start_new_thread(print, ())") == \
+        "failed: RuntimeError: can't start new thread"
+
+
+def test_isolation_reports_what_is_missing(port, monkeypatch, fresh_isolation):
+    monkeypatch.setattr(X, "UNSHARE_TRIES", (0,))  # unshare(0) returns 0 and changes nothing
+    with pytest.warns(RuntimeWarning, match="returned 0 but the network namespace did not change"):
+        iso = X.isolation()
+    assert not iso["network_namespace"] and "did not change" in iso["reason"]
+    if iso["socket_filter"]:  # the fallback: seccomp refuses the raw socket
+        assert X.run_program(RAW_CONNECT.format(port=port)) == "failed: PermissionError: [Errno 13] Permission denied"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert X.isolation() == iso  # probed and warned once
+    X.isolation.cache_clear()
+    monkeypatch.setattr(X, "UNSHARE_TRIES", (1,))  # not a namespace flag: unshare fails
+    with pytest.warns(RuntimeWarning, match=r"unshare\(0x1\): Invalid argument"):
+        assert not X.isolation()["network_namespace"]
+    X.isolation.cache_clear()
+    monkeypatch.setattr(X, "seccomp_filter", lambda deny_sockets=False: b"\0" * 8)  # a filter the kernel rejects
+    with pytest.warns(RuntimeWarning, match="PR_SET_SECCOMP: Invalid argument"):
+        iso = X.isolation()
+    assert not iso["socket_filter"] and "only the socket monkeypatch guards the network" in iso["reason"]
+    assert iso["process_limit"] == (X.run_program(MANY_PROCESSES) != "passed")  # as root: False, and it says so
+    assert iso["process_limit"] or "processes are not limited" in iso["reason"]
 
 
 def test_files_land_in_a_temp_dir_that_is_removed():

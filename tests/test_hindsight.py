@@ -9,7 +9,7 @@ from nanogpt4.model.gpt import GPT, ModelConfig
 from nanogpt4.scaling import hindsight as H
 from nanogpt4.scoring import batch_option_logprobs, encode_pair, option_logprobs
 from nanogpt4.tokenizer import Tokenizer
-from nanogpt4.train import checkpoint
+from nanogpt4 import checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -45,16 +45,27 @@ def test_kv_cache_matches_full_forward():
     full = m(x)
     cache = KVCache(m.cfg, 2, 24)
     parts = [m(x[:, :10], cache=cache), m(x[:, 10:11], cache=cache), m(x[:, 11:24], cache=cache)]
-    assert cache.pos == 24
+    assert cache.pos.tolist() == [24, 24]
     assert torch.allclose(torch.cat(parts, 1), full, atol=1e-5)
 
 
-def test_generate_cache_equals_no_cache_greedy():
+def test_kv_cache_rows_at_different_lengths():
+    """Rows of one cache continue from their own lengths (continuous batching): a decode step over rows of
+    lengths 5, 5 and 9, and a right-padded prefill of two prompts, both equal the full forward pass."""
+    torch.manual_seed(0)
     m = tiny()
-    x = torch.randint(0, 96, (2, 5))
-    a = torch.stack(list(m.generate(x, 20, temperature=0)), 1)
-    b = torch.stack(list(m.generate(x, 20, temperature=0, use_cache=False)), 1)
-    assert torch.equal(a, b)
+    x = torch.randint(0, 96, (2, 24))
+    full = m(x)
+    cache = KVCache(m.cfg, 3, 32)
+    view = cache.rows(2)
+    view.lengths = torch.tensor([5, 9])  # row 0's prompt is 5 tokens, row 1's 9 (right-padded to 9)
+    pre = m(torch.stack([x[0, :9], x[1, :9]]), cache=view, logits_at=torch.tensor([4, 8]))
+    assert torch.allclose(pre[0], full[0, 4], atol=1e-5) and torch.allclose(pre[1], full[1, 8], atol=1e-5)
+    cache.copy_row(0, 2)  # a second choice of row 0's prompt
+    assert cache.pos.tolist() == [5, 9, 5]
+    out = m(torch.stack([x[0, 5:6], x[1, 9:10], x[0, 5:6]]), cache=cache)
+    for got, want in zip(out[:, 0], (full[0, 5], full[1, 9], full[0, 5])):
+        assert torch.allclose(got, want, atol=1e-5)
 
 
 def test_image_embeddings_are_spliced_at_placeholders():
@@ -178,21 +189,3 @@ def test_smeared_keys_let_one_layer_copy():
     with_smear, without = copy_task_loss(True), copy_task_loss(False)
     assert with_smear < 0.5, with_smear  # copies (chance is ln 32 = 3.47)
     assert without > 1.5, without  # cannot: at best it spreads attention over the 9 possible offsets (ln 9 = 2.2)
-
-
-def test_left_padded_batch_generates_what_each_row_generates_alone():
-    m = tiny()
-    g = torch.Generator().manual_seed(1)
-    prompts = [torch.randint(0, 96, (n,), generator=g) for n in (3, 9, 6)]
-    width = max(len(p) for p in prompts)
-    idx = torch.zeros(len(prompts), width, dtype=torch.long)
-    for i, p in enumerate(prompts):
-        idx[i, width - len(p):] = p
-    pad = torch.tensor([width - len(p) for p in prompts])
-    batched = torch.stack(list(m.generate(idx, 12, temperature=0, pad=pad)), 1)
-    for i, p in enumerate(prompts):
-        alone = torch.stack(list(m.generate(p[None], 12, temperature=0)), 1)[0]
-        assert torch.equal(batched[i], alone)
-    full = m(idx, pad=pad)  # and the forward pass agrees position by position
-    for i, p in enumerate(prompts):
-        assert torch.allclose(full[i, width - len(p):], m(p[None])[0], atol=1e-5)

@@ -2,6 +2,7 @@
 process, and sampling. All on a tiny model in fp32 (exactness is a property of fp32 CPU paths)."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,8 +12,11 @@ import pytest
 import torch
 
 from nanogpt4 import config as C
+from nanogpt4 import report
+from nanogpt4.common import UserError
 from nanogpt4.model.gpt import GPT
-from nanogpt4.train import checkpoint, pretrain
+from nanogpt4 import checkpoint
+from nanogpt4.train import pretrain
 
 TINY = ["--depth", "1", "--seq-len", "64", "--batch-tokens", "1024", "--micro-batch", "8", "--max-tokens", "40960",
         "--dtype", "float32", "--eval-every", "10", "--eval-tokens", "2048", "--ckpt-every", "5", "--lr", "0.01"]
@@ -56,8 +60,9 @@ def test_train_writes_run_directory_and_learns(tiny_tokens, tmp_path):
     ckpt = checkpoint.latest(run / "ckpt")
     assert ckpt.name == "step_0000040" and (ckpt / "model.safetensors").exists()
     assert (run / "tokenizer.json").exists()
-    with pytest.raises(ValueError, match="different config"):  # a run dir is bound to its config
+    with pytest.raises(ValueError, match="different config") as e:  # a run dir is bound to its config
         pretrain.train(tiny_config(lr=0.02), run, tiny_tokens / "tokenizer" / "tokens", resume=True, quiet=True)
+    assert isinstance(e.value, UserError)  # the CLI prints it as one line
 
 
 def test_resume_after_sigkill_reproduces_uninterrupted_run(tiny_tokens, tmp_path):
@@ -101,34 +106,189 @@ def test_corrupt_or_truncated_checkpoint_is_refused(tiny_tokens, tmp_path):
     weights.write_bytes(bytes(data[: len(data) // 3]))
     with pytest.raises(checkpoint.CheckpointError, match="corrupt or truncated"):
         checkpoint.load(ckpt, model)
-    with pytest.raises(checkpoint.CheckpointError):
+    corrupt(run / "ckpt" / "step_0000005" / "model.safetensors")  # no checkpoint left that verifies
+    with pytest.raises(checkpoint.CheckpointError, match="no checkpoint .* verifies"):
         pretrain.train(tiny_config(max_tokens=10240), run, tiny_tokens / "tokenizer" / "tokens", resume=True,
                        quiet=True)
 
 
-def test_spike_guard_rolls_back_and_skips_the_batch(tiny_tokens, tmp_path, monkeypatch):
-    poison, sentinel = 17, 3
-    real_batch, real_forward = pretrain.get_batch, GPT.forward
+def poison(monkeypatch, data_steps, loss=lambda real: real * float("nan"), clean=None, crash_at=None):
+    """Make the training batches at `data_steps` return loss(real loss); clean(real) is every other training
+    batch's loss (default: the real one). crash_at: the data step at which the run dies (once), as if killed."""
+    sentinel, real_batch, real_forward = 3, pretrain.get_batch, GPT.forward
+    crashed = []
 
     def batch(data, data_step, *a, **kw):
+        if data_step == crash_at and not crashed:
+            crashed.append(data_step)
+            raise KeyboardInterrupt
         x, y = real_batch(data, data_step, *a, **kw)
-        return (torch.full_like(x, sentinel), y) if data_step == poison else (x, y)
+        return (torch.full_like(x, sentinel), y) if data_step in data_steps else (x, y)
 
     def forward(self, idx, targets=None, **kw):
         out = real_forward(self, idx, targets, **kw)
-        return out * float("nan") if targets is not None and bool((idx == sentinel).all()) else out
+        if targets is None or kw.get("reduction", "mean") != "mean":  # evaluation and sampling: untouched
+            return out
+        return loss(out) if bool((idx == sentinel).all()) else clean(out) if clean else out
 
     monkeypatch.setattr(pretrain, "get_batch", batch)
     monkeypatch.setattr(GPT, "forward", forward)
+
+
+def spike_events(run):
+    return [json.loads(l) for l in open(run / "metrics.jsonl") if '"event"' in l]
+
+
+def test_spike_guard_rolls_back_and_skips_the_batch(tiny_tokens, tmp_path, monkeypatch):
+    poison(monkeypatch, {17})
     run = tmp_path / "run"
     final = pretrain.train(tiny_config(), run, tiny_tokens / "tokenizer" / "tokens", quiet=True)
-    events = [json.loads(l) for l in open(run / "metrics.jsonl") if '"event"' in l]
-    assert len(events) == 1 and events[0]["skipped_batch"] == poison and events[0]["rolled_back_to"] == 15
+    events = spike_events(run)
+    assert len(events) == 1 and events[0]["skipped_batch"] == 17 and events[0]["rolled_back_to"] == 15
     done = json.loads((run / "done.json").read_text())
-    assert done["skipped"] == [poison] and done["step"] == 40
+    assert done["skipped"] == [17] and done["step"] == 40
     assert all(torch.isfinite(torch.tensor(v)) for v in final.values())
     steps = [s for s, _ in losses(run)]
     assert steps == sorted(set(steps))  # the replayed steps were not logged twice
+
+
+@pytest.mark.parametrize("factor,spikes", [(1.01, 1), (0.99, 0)])
+def test_spike_guard_threshold_is_spike_factor_times_running_mean(tiny_tokens, tmp_path, monkeypatch, factor, spikes):
+    tc = tiny_config(max_tokens=10240)  # 10 steps, checkpoints every 5
+    level = 2.0  # every training loss is exactly this, so the running mean is too
+    poison(monkeypatch, {7}, loss=lambda real: real * 0 + level * tc.spike_factor * factor,
+           clean=lambda real: real * 0 + level)
+    pretrain.train(tc, tmp_path / "run", tiny_tokens / "tokenizer" / "tokens", quiet=True)
+    events = spike_events(tmp_path / "run")
+    assert len(events) == spikes
+    if spikes:
+        assert events[0]["skipped_batch"] == 7 and events[0]["rolled_back_to"] == 5
+        assert abs(events[0]["ema"] - level) < 1e-6
+
+
+def test_endless_spikes_give_up_with_a_user_error(tiny_tokens, tmp_path, monkeypatch):
+    poison(monkeypatch, set(range(6, 1000)))
+    with pytest.raises(pretrain.SpikeError, match="more than 10 loss spikes") as e:
+        pretrain.train(tiny_config(max_tokens=10240), tmp_path / "run", tiny_tokens / "tokenizer" / "tokens", quiet=True)
+    assert isinstance(e.value, UserError)
+    assert len(spike_events(tmp_path / "run")) == 10
+
+
+def test_spike_events_survive_a_second_rollback(tiny_tokens, tmp_path, monkeypatch):
+    poison(monkeypatch, {7, 8})  # the second spike rolls back to the same checkpoint as the first
+    run = tmp_path / "run"
+    pretrain.train(tiny_config(max_tokens=10240), run, tiny_tokens / "tokenizer" / "tokens", quiet=True)
+    assert [e["skipped_batch"] for e in spike_events(run)] == [7, 8]
+    assert json.loads((run / "done.json").read_text())["skipped"] == [7, 8]
+
+
+def test_resume_after_a_spike_logs_it_once(tiny_tokens, tmp_path, monkeypatch):
+    poison(monkeypatch, {7}, crash_at=9)  # killed after the rollback to step 5, before the next checkpoint
+    run, tokens = tmp_path / "run", tiny_tokens / "tokenizer" / "tokens"
+    with pytest.raises(KeyboardInterrupt):
+        pretrain.train(tiny_config(max_tokens=10240), run, tokens, quiet=True)
+    assert len(spike_events(run)) == 1
+    pretrain.train(tiny_config(max_tokens=10240), run, tokens, resume=True, quiet=True)
+    assert [e["skipped_batch"] for e in spike_events(run)] == [7]  # the resumed run knew to skip the batch
+    done = json.loads((run / "done.json").read_text())
+    assert done["skipped"] == [7] and done["step"] == 10
+
+
+def test_torn_last_metrics_line_is_dropped(tiny_tokens, tmp_path):
+    run, tokens = tmp_path / "run", tiny_tokens / "tokenizer" / "tokens"
+    pretrain.train(tiny_config(max_tokens=10240), run, tokens, quiet=True)
+    path = run / "metrics.jsonl"
+    rows = report._metrics(run)
+    with open(path, "a") as f:
+        f.write('{"step": 10, "tok')  # a write cut short by a crash
+    assert report._metrics(run) == rows
+    pretrain.train(tiny_config(max_tokens=10240), run, tokens, resume=True, quiet=True)
+    assert report._metrics(run) == rows
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:1] + ['{"step": 1, "tok'] + lines[1:]) + "\n")
+    with pytest.raises(ValueError, match=f"{path}:2: invalid JSON"):  # a bad line mid-file is not a torn write
+        report._metrics(run)
+    with pytest.raises(ValueError, match=f"{path}:2: invalid JSON"):
+        pretrain.train(tiny_config(max_tokens=10240), run, tokens, resume=True, quiet=True)
+
+
+def copy_tokens(tiny_tokens, dst, tokenizer=True, short=None):
+    """A copy of the tiny token shards (and, if `tokenizer`, the tokenizer beside them); `short`: (split, n) cuts
+    that split to n tokens."""
+    src = tiny_tokens / "tokenizer" / "tokens"
+    shutil.copytree(src, dst / "tokens")
+    if tokenizer:
+        shutil.copyfile(src.parent / "tokenizer.json", dst / "tokenizer.json")
+    if short:
+        split, n = short
+        meta = json.loads((dst / "tokens" / "meta.json").read_text())
+        meta["splits"][split]["tokens"] = n
+        (dst / "tokens" / "meta.json").write_text(json.dumps(meta))
+        bin_ = dst / "tokens" / f"{split}.bin"
+        bin_.write_bytes(bin_.read_bytes()[:2 * n])
+    return dst / "tokens"
+
+
+def test_eval_split_shorter_than_a_window_is_an_error(tiny_tokens, tmp_path):
+    tokens = copy_tokens(tiny_tokens, tmp_path, short=("val_code", 40))
+    with pytest.raises(UserError, match=r"val_code has 40 tokens"):
+        pretrain.train(tiny_config(), tmp_path / "run", tokens, quiet=True)
+    assert not (tmp_path / "run" / "ckpt").exists()
+
+
+def test_missing_tokenizer_is_an_error_before_training(tiny_tokens, tmp_path):
+    tokens = copy_tokens(tiny_tokens, tmp_path, tokenizer=False)
+    with pytest.raises(UserError, match="tokenizer.json"):
+        pretrain.train(tiny_config(), tmp_path / "run", tokens, quiet=True)
+    assert not (tmp_path / "run" / "ckpt").exists()
+
+
+def test_invalid_config_values_are_user_errors():
+    pretrain.check_config(tiny_config())
+    with pytest.raises(UserError, match="--depth -1"):
+        pretrain.check_config(tiny_config(depth=-1))
+    with pytest.raises(UserError, match="--dtype float8"):
+        pretrain.check_config(tiny_config(dtype="float8"))
+    with pytest.raises(UserError, match="--beta2 1.5"):
+        pretrain.check_config(tiny_config(beta2=1.5))
+
+
+def corrupt(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_latest_valid_skips_corrupt_checkpoints(tmp_path):
+    model = GPT(C.TrainConfig(depth=1, seq_len=64, vocab_size=512).model_config())
+    root = tmp_path / "ckpt"
+    for step in (5, 10, 15):
+        checkpoint.save(root, model, None, {"step": step})
+    assert checkpoint.latest_valid(root) == (root / "step_0000015", [])
+    corrupt(root / "step_0000015" / "model.safetensors")
+    (root / "step_0000010" / "meta.json").write_text('{"step": 1')
+    path, rejected = checkpoint.latest_valid(root)
+    assert path == root / "step_0000005"
+    assert len(rejected) == 2 and "step_0000015: model.safetensors is corrupt" in rejected[0]
+    assert "step_0000010: unreadable meta.json" in rejected[1]
+    corrupt(root / "step_0000005" / "model.safetensors")
+    assert checkpoint.latest_valid(root)[0] is None
+    assert checkpoint.latest_valid(tmp_path / "none") == (None, [])
+
+
+def test_resume_skips_a_corrupt_latest_checkpoint(tiny_tokens, tmp_path, capsys):
+    run, tokens = tmp_path / "run", tiny_tokens / "tokenizer" / "tokens"
+    pretrain.train(tiny_config(max_tokens=10240), run, tokens, quiet=True)
+    ref = losses(run)
+    corrupt(run / "ckpt" / "step_0000010" / "model.safetensors")
+    capsys.readouterr()
+    pretrain.train(tiny_config(max_tokens=10240), run, tokens, resume=True, quiet=True)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "step_0000010" in err[0] and "corrupt" in err[0] and "resuming from" in err[0]
+    assert err[0].endswith("step_0000005")
+    assert losses(run) == ref  # steps 6-10 trained again, exactly as before
+    checkpoint.load(checkpoint.latest(run / "ckpt"), GPT(tiny_config().model_config()))  # the new step 10 verifies
+    assert json.loads((run / "done.json").read_text())["step"] == 10
 
 
 @pytest.mark.slow

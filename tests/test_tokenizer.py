@@ -46,37 +46,26 @@ def test_save_load_without_trainer_and_corruption(tok, tmp_path, monkeypatch):
         Tokenizer.load(path)
 
 
-def test_render_chat_masks_only_assistant_turns(tok):
-    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-            {"role": "assistant", "content": "Hello there."}]
-    ids, mask = tok.render_chat(msgs)
-    assert len(ids) == len(mask)
-    s = tok.special
-    assert ids[0] == s("system") and ids.count(s("end")) == 3
-    a = ids.index(s("assistant"))
-    assert mask[:a + 1] == [0] * (a + 1) and all(mask[a + 1:]) and ids[-1] == s("end")
-    assert tok.decode([i for i, m in zip(ids, mask) if m and i != s("end")]) == "Hello there."
-    gen, _ = tok.render_chat(msgs[:2], add_generation_prompt=True)
-    assert gen[-1] == s("assistant")
-    with pytest.raises(TokenizerError, match="unknown chat role"):
-        tok.render_chat([{"role": "tool", "content": "x"}])
-
-
 def test_cl100k_offline():
     enc = cl100k()
     assert enc.encode_ordinary("hello world") == [15339, 1917]
     assert enc.n_vocab == 100258
 
 
-def test_shards_build_load_and_truncation(tok, tmp_path):
-    corpus = tmp_path / "corpus"
+def write_corpus(corpus, docs):
+    """A corpus directory as `nanogpt4 data` leaves it: train/val/heldout_code splits and a manifest."""
     corpus.mkdir()
-    docs = generated_text(50)
     for name, rows in (("train.jsonl", docs[:40]), ("val.jsonl", docs[40:]), ("heldout_code.jsonl", docs[45:])):
         with open(corpus / name, "w") as f:
             for i, d in enumerate(rows):
                 f.write(json.dumps({"id": str(i), "source": "gen", **d}) + "\n")
     (corpus / "manifest.json").write_text("{}")
+    return corpus
+
+
+def test_shards_build_load_and_truncation(tok, tmp_path):
+    docs = generated_text(50)
+    corpus = write_corpus(tmp_path / "corpus", docs)
     meta = shards.build(corpus, tok, tmp_path / "tokens")
     train = shards.load(tmp_path / "tokens", "train")
     assert train.dtype == np.uint16 and len(train) == meta["splits"]["train"]["tokens"]
@@ -92,3 +81,26 @@ def test_shards_build_load_and_truncation(tok, tmp_path):
     path.write_bytes(path.read_bytes()[:-2])
     with pytest.raises(shards.ShardError, match="truncated"):
         shards.load(tmp_path / "tokens", "train")
+
+
+def test_shards_are_rebuilt_for_another_tokenizer_without_a_path(tok, tmp_path):
+    corpus = write_corpus(tmp_path / "corpus", generated_text(50))
+    shards.build(corpus, tok, tmp_path / "tokens")
+    other = Tokenizer.train((d["text"] for d in generated_text(200, seed=3)), vocab_size=300)
+    meta = shards.build(corpus, other, tmp_path / "tokens")
+    assert meta["vocab_size"] == other.vocab_size
+    train = np.asarray(shards.load(tmp_path / "tokens", "train")).tolist()
+    assert train[1:1 + len(other.encode(generated_text(50)[0]["text"]))] == other.encode(generated_text(50)[0]["text"])
+
+
+def test_tokenizer_retrains_when_max_chars_changes(tmp_path, capsys):
+    from argparse import Namespace
+    from nanogpt4.tokenizer import main
+    corpus = write_corpus(tmp_path / "corpus", generated_text(50))
+    args = Namespace(corpus=str(corpus), out=str(tmp_path / "tok"), vocab_size=300, max_chars=2000, force=False)
+    main(args)
+    main(args)
+    assert "is up to date" in capsys.readouterr().out
+    main(Namespace(**dict(vars(args), max_chars=4000)))
+    assert "trained vocab" in capsys.readouterr().out
+    assert json.loads((tmp_path / "tok" / "report.json").read_text())["max_chars"] == 4000

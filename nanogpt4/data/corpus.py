@@ -267,17 +267,31 @@ def stdlib_fingerprint():
     return h.hexdigest()
 
 
-def _extra_fingerprint(spec):
-    """sha256 of a local extra file (or of a directory's .txt files), so that changing it triggers a rebuild."""
-    path = Path(spec)
-    if spec.startswith("hf:") or not path.exists():
-        return None
+def _tree_digest(path, pattern):
+    """sha256 of a file, or of the sorted (relative path, bytes) of a directory's files matching pattern."""
     if path.is_file():
         return sha256_file(path)
     h = hashlib.sha256()
-    for p in sorted(path.rglob("*.txt")):
+    for p in sorted(p for p in path.rglob(pattern) if p.is_file()):
         h.update(str(p.relative_to(path)).encode() + b"\0" + p.read_bytes() + b"\0")
     return h.hexdigest()
+
+
+def _extra_fingerprint(spec):
+    """What identifies an extra source's content (its spec string is in the request too), so that changing it
+    triggers a rebuild: the digest of a local file or of a directory's .txt files; for hf:, the digest of every
+    file of a local dataset directory, or the locally cached revision of a hub dataset (None if not cached)."""
+    if not spec.startswith("hf:"):
+        return _tree_digest(Path(spec), "*.txt") if Path(spec).exists() else None
+    name = spec[3:].split(":")[0]
+    if Path(name).exists():
+        return _tree_digest(Path(name), "*")
+    try:
+        from huggingface_hub.constants import HF_HUB_CACHE
+    except ImportError:
+        return None
+    ref = Path(HF_HUB_CACHE) / f"datasets--{name.replace('/', '--')}" / "refs" / "main"
+    return ref.read_text().strip() if ref.exists() else None
 
 
 def _request(wanted, extra, toxicity):
@@ -395,7 +409,7 @@ def build(out_dir, cache=None, sources=None, extra=(), force=False, toxicity=Tru
 
 
 def add_args(p):
-    p.add_argument("--out", default="runs/default/corpus")
+    p.add_argument("--out", default="runs/default/corpus", help="corpus directory to write")
     p.add_argument("--cache", default=None, help="download cache (default $NANOGPT4_CACHE or ~/.cache/nanogpt4)")
     p.add_argument("--sources", default=None, help=f"comma list of {[s.name for s in S.SOURCES]} (default all)")
     p.add_argument("--add", action="append", default=[],

@@ -1,11 +1,12 @@
 """Token shards: each corpus split tokenised into a flat uint16 file (memory-mapped for training), every
 document preceded by <|endoftext|>, with meta.json holding counts and sha256s."""
+import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 
-from ..common import atomic_write_bytes, atomic_write_json, iter_jsonl, sha256_file
+from ..common import UserError, atomic_write_bytes, atomic_write_json, iter_jsonl, sha256_file
 
 # output split ← (corpus file, document kind filter)
 SPLITS = {
@@ -17,23 +18,28 @@ SPLITS = {
 }
 
 
-class ShardError(ValueError):
+class ShardError(UserError, ValueError):
     pass
 
 
+def tokenizer_digest(tokenizer):
+    """sha256 of the tokenizer's content (pattern, specials, ranks): what its saved file's checksum covers."""
+    return hashlib.sha256(json.dumps(tokenizer.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
 def _fresh(out, meta, tok_sha, corpus_sha):
-    if meta.get("tokenizer_sha256") != tok_sha or meta.get("corpus_manifest_sha256") != corpus_sha:
+    if meta.get("tokenizer_digest") != tok_sha or meta.get("corpus_manifest_sha256") != corpus_sha:
         return False
     return all((out / f"{s}.bin").exists() and sha256_file(out / f"{s}.bin") == v["sha256"]
                for s, v in meta["splits"].items())
 
 
-def build(corpus_dir, tokenizer, out_dir, tokenizer_path=None, force=False, batch_docs=2048):
+def build(corpus_dir, tokenizer, out_dir, force=False, batch_docs=2048):
     """Tokenise the corpus splits into out_dir/<split>.bin; skipped when meta.json says it is up to date."""
     corpus_dir, out = Path(corpus_dir), Path(out_dir)
     if tokenizer.vocab_size > 65536:
         raise ShardError(f"vocab {tokenizer.vocab_size} does not fit uint16 shards")
-    tok_sha = sha256_file(tokenizer_path) if tokenizer_path else None
+    tok_sha = tokenizer_digest(tokenizer)
     corpus_sha = sha256_file(corpus_dir / "manifest.json")
     meta_path = out / "meta.json"
     if not force and meta_path.exists() and _fresh(out, json.loads(meta_path.read_text()), tok_sha, corpus_sha):
@@ -50,7 +56,7 @@ def build(corpus_dir, tokenizer, out_dir, tokenizer_path=None, force=False, batc
         arr = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint16)
         atomic_write_bytes(out / f"{name}.bin", arr.tobytes())
         splits[name] = dict(tokens=int(arr.size), docs=len(docs), bytes=n_bytes, sha256=sha256_file(out / f"{name}.bin"))
-    meta = dict(vocab_size=tokenizer.vocab_size, eot_id=tokenizer.eot_id, dtype="uint16", tokenizer_sha256=tok_sha,
+    meta = dict(vocab_size=tokenizer.vocab_size, eot_id=tokenizer.eot_id, dtype="uint16", tokenizer_digest=tok_sha,
                 corpus_manifest_sha256=corpus_sha, splits=splits)
     atomic_write_json(meta_path, meta)
     return meta

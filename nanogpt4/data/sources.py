@@ -15,10 +15,10 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..common import sha256_file, atomic_write_text
+from ..common import UserError, sha256_file, atomic_write_text
 
 
-class FetchError(RuntimeError):
+class FetchError(UserError, RuntimeError):
     pass
 
 

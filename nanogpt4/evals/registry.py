@@ -21,14 +21,14 @@ from pathlib import Path
 
 import yaml
 
-from ..common import cache_dir
+from ..common import UserError, cache_dir
 from ..data.sources import Package
 
 EVALS_WHEEL = Package("pypi", "evals", "3.0.1.post1", "0abcb2051303500784b1641a6e4f6b813ed43ad64f879a37d344a6774eb8eb78",
                       "evals-3.0.1.post1-py3-none-any.whl")
 
 
-class RegistryError(ValueError):
+class RegistryError(UserError, ValueError):
     pass
 
 

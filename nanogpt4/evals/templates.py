@@ -11,11 +11,15 @@ import json
 import math
 import re
 import string
+import threading
 from collections import Counter
 
 import numpy as np
 
-from .completion import chat_to_text, is_chat
+from ..chat import is_chat, to_plain_text as chat_to_text
+
+
+CUT = threading.local()  # prompt tokens the completion function cut to fit, per sample (run.py records them)
 
 
 class Eval:
@@ -32,7 +36,9 @@ class Eval:
         return self.registry.load_samples(self.samples_jsonl, self.spec.root)
 
     def complete(self, prompt, **kw):
-        return self.completion_fn(prompt=prompt, **kw).get_completions()[0]
+        res = self.completion_fn(prompt=prompt, **kw)
+        CUT.tokens = getattr(CUT, "tokens", 0) + res.info.get("truncated", 0)
+        return res.get_completions()[0]
 
     def eval_sample(self, sample, rng) -> dict:
         raise NotImplementedError
@@ -67,10 +73,10 @@ class Match(Eval):
 
     def __init__(self, *a, num_few_shot=0, few_shot_jsonl=None, **kw):
         super().__init__(*a, **kw)
-        self.num_few_shot = num_few_shot
-        self.few_shot = self.registry.load_samples(few_shot_jsonl, self.spec.root) if num_few_shot else []
         if num_few_shot and few_shot_jsonl is None:
             raise ValueError("num_few_shot needs few_shot_jsonl")
+        self.num_few_shot = num_few_shot
+        self.few_shot = self.registry.load_samples(few_shot_jsonl, self.spec.root) if num_few_shot else []
 
     def eval_sample(self, sample, rng):
         check_sample(sample, "input", "ideal")

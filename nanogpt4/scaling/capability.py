@@ -44,7 +44,8 @@ from string import Template
 
 import numpy as np
 
-from .. import config as C, runs
+from .. import config as C
+from ..runs import checkpoint_id, load as load_run, read_config
 from ..common import atomic_write_json
 from ..evals.execution import run_programs
 from ..engine import Engine, SamplingParams, prompt_ids
@@ -256,7 +257,7 @@ def measure(runs, problems, n=100, temperature=0.8, top_k=None, max_new_tokens=6
     tag = hashlib.sha256(registry.canonical(settings).encode()).hexdigest()[:12]
     out = {}
     for run in runs:
-        path, ckpt = Path(run) / "capability" / f"{tag}.json", runs.checkpoint_id(run)
+        path, ckpt = Path(run) / "capability" / f"{tag}.json", checkpoint_id(run)
         cache = json.loads(path.read_text()) if path.exists() else {}
         done = cache["problems"] if cache.get("checkpoint") == ckpt else {}
         engine = None
@@ -264,7 +265,7 @@ def measure(runs, problems, n=100, temperature=0.8, top_k=None, max_new_tokens=6
             if p["task_id"] in done:
                 continue
             if engine is None:
-                loaded = runs.load(run, device)
+                loaded = load_run(run, device)
                 engine = Engine(loaded.model, loaded.tok, max_rows=max(32, n))
             s = seed + zlib.crc32(p["task_id"].encode())  # a fixed seed per (problem, model)
             comps, cut = sample_completions(engine, p["prompt"], n, max_new_tokens, temperature, top_k, s)
@@ -309,7 +310,7 @@ def buckets_by_difficulty(fit_results, n_buckets):
 
 def _run_info(run):
     run = Path(run)
-    cfg = json.loads((run / "config.json").read_text())
+    cfg = read_config(run)
     return C.identity(cfg["train"], cfg["model"]), json.loads((run / "done.json").read_text())["flops"]
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .. import config as C
+from ..runs import read_config
 from ..train import pretrain
 from .registry import config_hash
 
@@ -90,8 +91,8 @@ def finished(tc: C.TrainConfig, run: Path):
     run = Path(run)
     if not (run / "done.json").exists():
         return None
-    cfg = json.loads((run / "config.json").read_text())
-    if C.identity({**C.TrainConfig().to_dict(), **cfg["train"]}, cfg["model"]) != tc.identity():
+    cfg = read_config(run)
+    if C.identity(cfg["train"], cfg["model"]) != tc.identity():
         return None  # resuming it then refuses the changed config (pretrain.record_config) instead of mixing runs
     return json.loads((run / "done.json").read_text())
 

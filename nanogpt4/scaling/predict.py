@@ -10,6 +10,7 @@ import numpy as np
 
 from .. import config as C
 from ..common import atomic_write_json
+from ..runs import read_config
 from . import laws, registry
 
 METRICS = ("heldout_code", "val_text")
@@ -39,7 +40,7 @@ def verify_loss(record_path, target_run, out_dir, others=()):
     `others`: rows of further runs (not in the fit) to draw for context."""
     record = registry.load(record_path)
     target_run, out_dir = Path(target_run), Path(out_dir)
-    cfg = json.loads((target_run / "config.json").read_text())
+    cfg = read_config(target_run)
     registry.check_target(record, C.identity(cfg["train"], cfg["model"]))
     done_path = target_run / "done.json"
     if not done_path.exists():

@@ -7,10 +7,10 @@ import os
 import time
 from pathlib import Path
 
-from ..common import atomic_write_json, git_commit
+from ..common import UserError, atomic_write_json, git_commit
 
 
-class RegistryError(ValueError):
+class RegistryError(UserError, ValueError):
     pass
 
 

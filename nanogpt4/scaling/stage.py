@@ -142,10 +142,10 @@ STEPS = dict(tokenizer=step_tokenizer, ladder=step_ladder, predict=step_predict,
 
 
 def add_args(p):
-    p.add_argument("step", choices=list(STEPS) + ["all"])
-    p.add_argument("--out", default="runs/default/scaling")
+    p.add_argument("step", choices=list(STEPS) + ["all"], help="the step to run, or all of them in order")
+    p.add_argument("--out", default="runs/default/scaling", help="directory for the ladder runs, registry and figures")
     p.add_argument("--corpus", default="runs/default/corpus", help="the corpus from `nanogpt4 data`")
-    p.add_argument("--preset", choices=sorted(L.PRESETS), default="cpu")
+    p.add_argument("--preset", choices=sorted(L.PRESETS), default="cpu", help="ladder and target sizes")
     p.add_argument("--target-width", type=int, default=None, help="override the preset's target (the dial)")
     p.add_argument("--quiet", action=argparse.BooleanOptionalAction, default=True, help="no per-run progress bars")
 

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -20,17 +21,41 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from .. import config as C
-from ..common import atomic_write_json, atomic_write_text, git_commit, command_line
+from ..common import UserError, atomic_write_json, atomic_write_text, git_commit, command_line, iter_jsonl
 from ..data import shards
 from ..model.gpt import GPT
 from ..perf import matmul_peak
-from . import checkpoint
+from ..runs import read_config
+from .. import checkpoint
 
 EVAL_SPLITS = ("val_text", "val_code", "heldout_code")
+DTYPES = ("bfloat16", "float32")  # float16 would need a gradient scaler, which this loop does not have
+POSITIVE = ("depth", "vocab_size", "seq_len", "tokens_per_param", "lr", "embed_lr_mult", "readout_lr_mult",
+            "micro_batch", "min_batch_seqs", "eval_every", "eval_tokens", "ckpt_every")
+NON_NEGATIVE = ("width", "weight_decay", "grad_clip", "batch_tokens", "max_tokens")
 
 
-class SpikeError(RuntimeError):
+class SpikeError(UserError, RuntimeError):
     pass
+
+
+class ConfigError(UserError, ValueError):
+    pass
+
+
+def check_config(tc):
+    """Values argparse lets through but training cannot use: one error naming each of them, before anything runs."""
+    flag = lambda k: f"--{k.replace('_', '-')} {getattr(tc, k)}"
+    bad = [f"{flag(k)}: must be > 0" for k in POSITIVE if not getattr(tc, k) > 0]
+    bad += [f"{flag(k)}: must be >= 0" for k in NON_NEGATIVE if not getattr(tc, k) >= 0]
+    bad += [f"{flag(k)}: must be in [0, 1)" for k in ("beta1", "beta2") if not 0 <= getattr(tc, k) < 1]
+    bad += [f"{flag(k)}: must be in [0, 1]" for k in ("warmup_frac", "cooldown_frac") if not 0 <= getattr(tc, k) <= 1]
+    if not tc.spike_factor > 1:
+        bad.append(f"{flag('spike_factor')}: must be > 1")
+    if tc.dtype not in DTYPES:
+        bad.append(f"--dtype {tc.dtype}: must be one of {', '.join(DTYPES)}")
+    if bad:
+        raise ConfigError("invalid training config: " + "; ".join(bad))
 
 
 # ----------------------------------------------------------------------------- data
@@ -101,7 +126,7 @@ def micro_batch_for(batch_seqs, world, wanted):
     """Largest micro-batch ≤ wanted that divides each rank's share of the global batch."""
     per_rank = batch_seqs // world
     if per_rank * world != batch_seqs:
-        raise ValueError(f"global batch of {batch_seqs} sequences does not split over {world} processes")
+        raise ConfigError(f"global batch of {batch_seqs} sequences does not split over {world} processes")
     return max(d for d in range(1, min(wanted, per_rank) + 1) if per_rank % d == 0)
 
 
@@ -109,23 +134,33 @@ def record_config(run, tc, derived, mc, tokens_dir, extra):
     cfg = dict(train=tc.to_dict(), derived=derived, model=mc.to_dict(), tokens_dir=str(tokens_dir), **extra)
     path = run / "config.json"
     if path.exists():
-        old = json.loads(path.read_text())
-        old["train"] = {**C.TrainConfig().to_dict(), **old["train"]}  # fields added since the run began: defaults
+        old = read_config(run)  # fields added since the run began: defaults
         if (old["train"], old["model"]) != (cfg["train"], cfg["model"]):
             was, now = C.identity(old["train"], old["model"]), C.identity(cfg["train"], cfg["model"])
             diff = {k: (was.get(k), now.get(k)) for k in {**was, **now} if was.get(k) != now.get(k)}
-            raise ValueError(f"{run} was started with a different config {diff}; use a new --out directory")
+            raise ConfigError(f"{run} was started with a different config {diff}; use a new --out directory")
         return old
     atomic_write_json(path, cfg)
     return cfg
 
 
 def truncate_metrics(path, step):
-    """On resume, drop log lines written after the checkpoint we resume from (they will be written again)."""
+    """On resume or rollback, drop the metrics logged after the checkpoint we go back to (they will be logged
+    again), and a line torn by a crash. Spike events stay: the checkpoint already knows to skip their batches."""
     if not path.exists():
         return
-    keep = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l).get("step", 0) <= step]
-    atomic_write_text(path, "".join(l + "\n" for l in keep))
+    keep = [r for r in iter_jsonl(path, torn_tail=True) if r.get("step", 0) <= step or "event" in r]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
+
+
+def check_splits(splits, seq_len, tokens_dir):
+    """Every eval split must hold one window of seq_len + 1 tokens. A shorter split is an error, not evaluated on
+    a shorter window: its loss would be over fewer context positions, so not comparable with the other splits or
+    other runs, and the scaling fits compare exactly these numbers."""
+    for name, a in splits.items():
+        if len(a) <= seq_len:
+            raise UserError(f"{tokens_dir}: split {name} has {len(a)} tokens, but one evaluation window of "
+                            f"--seq-len {seq_len} needs {seq_len + 1} (add data, or lower --seq-len)")
 
 
 # ----------------------------------------------------------------------------- training
@@ -133,6 +168,7 @@ def truncate_metrics(path, step):
 def train(tc: C.TrainConfig, run, tokens_dir, resume=False, quiet=False):
     """Train (or resume) the run in directory `run` on the token shards in `tokens_dir`. Returns the final
     evaluation dict. Raises if `run` holds a different config."""
+    check_config(tc)
     run, tokens_dir = Path(run), Path(tokens_dir)
     rank, world, device = init_distributed()
     master = rank == 0
@@ -144,14 +180,18 @@ def train(tc: C.TrainConfig, run, tokens_dir, resume=False, quiet=False):
 
     train_data = shards.load(tokens_dir, "train")
     evals = {s: shards.load(tokens_dir, s) for s in EVAL_SPLITS}
-    windows = {s: eval_windows(a, tc.seq_len, tc.eval_tokens) for s, a in evals.items() if len(a) > tc.seq_len}
+    check_splits(evals, tc.seq_len, tokens_dir)
+    windows = {s: eval_windows(a, tc.seq_len, tc.eval_tokens) for s, a in evals.items()}
+    tok_src = tokens_dir.parent / "tokenizer.json"
+    if not tok_src.exists() and not (run / "tokenizer.json").exists():
+        raise UserError(f"no tokenizer beside the tokens: {tok_src} is missing, and a run without its tokenizer "
+                        f"cannot be sampled (train the tokenizer with `nanogpt4 tokenizer`)")
     ckpt_dir = run / "ckpt"
     if master:
         run.mkdir(parents=True, exist_ok=True)
         if (run / "ckpt").exists() and not resume and checkpoint.latest(ckpt_dir):
             raise FileExistsError(f"{run} already has checkpoints: pass --resume to continue it, or use a new --out")
-        tok_src = tokens_dir.parent / "tokenizer.json"
-        if tok_src.exists() and not (run / "tokenizer.json").exists():
+        if not (run / "tokenizer.json").exists():
             shutil.copyfile(tok_src, run / "tokenizer.json")
         record_config(run, tc, d, mc, tokens_dir, dict(
             git_commit=git_commit(), command=command_line(), world_size=world, device=str(device),
@@ -190,7 +230,12 @@ def train(tc: C.TrainConfig, run, tokens_dir, resume=False, quiet=False):
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
 
-    latest = checkpoint.latest(ckpt_dir) if resume else None
+    latest, rejected = checkpoint.latest_valid(ckpt_dir) if resume else (None, [])
+    if rejected and latest is None:
+        raise checkpoint.CheckpointError(f"no checkpoint in {ckpt_dir} verifies: " + "; ".join(rejected))
+    if rejected and master:
+        print("; ".join(rejected) + f"; resuming from the newest checkpoint that verifies, {latest}",
+              file=sys.stderr, flush=True)
     if latest:
         restore(latest)
         if master:
@@ -235,10 +280,11 @@ def train(tc: C.TrainConfig, run, tokens_dir, resume=False, quiet=False):
                 raise SpikeError(f"more than 10 loss spikes at step {step}; giving up (lower --lr?)")
             bad = state["data_step"]
             opt.zero_grad(set_to_none=True)
-            meta = restore(checkpoint.latest(ckpt_dir))
+            meta = restore(checkpoint.latest_valid(ckpt_dir)[0])
             if master:
                 truncate_metrics(metrics_path, meta["step"])
             state["rollbacks"], state["skipped"] = rollbacks, sorted(skipped)
+            save_ckpt()  # the checkpoint now knows to skip the batch: a resume will not replay the spike
             log(dict(step=step, event="spike", loss=loss_val, ema=ema, skipped_batch=bad, rolled_back_to=meta["step"]))
             if master:
                 tqdm.write(f"loss spike at step {step} ({loss_val:.3f} vs running {ema}): rolled back to step "
@@ -293,16 +339,16 @@ def train(tc: C.TrainConfig, run, tokens_dir, resume=False, quiet=False):
 def add_args(p):
     p.add_argument("--out", default="runs/default/pretrain", help="run directory (named --out, not --run: torchrun claims that prefix)")
     p.add_argument("--tokens", default="runs/default/tokenizer/tokens", help="token shards from `nanogpt4 tokenizer`")
-    p.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--resume", action="store_true", help="continue the run from its newest checkpoint that verifies")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-evaluation lines")
     for f in fields(C.TrainConfig):
         if f.name == "extra":
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flag, help_ = "--" + f.name.replace("_", "-"), C.HELP[f.name]
         if f.type is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
         else:
-            p.add_argument(flag, type=f.type, default=None)
+            p.add_argument(flag, type=f.type, default=None, help=help_)
 
 
 def config_from_args(args, base=None):
@@ -323,6 +369,7 @@ def main(args):
     tc = config_from_args(args)
     if args.vocab_size is None and (v := vocab_from_tokens(args.tokens)):
         tc.vocab_size = v
+    check_config(tc)
     d = C.derive(tc)
     if int(os.environ.get("RANK", 0)) == 0 and not args.quiet:
         mc = tc.model_config()

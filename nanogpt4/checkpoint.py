@@ -9,10 +9,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file, load_file
 
-from ..common import sha256_file, atomic_write_text
+from .common import UserError, sha256_file, atomic_write_text
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     pass
 
 
@@ -79,12 +79,11 @@ def prune(ckpt_root, keep=2):
             shutil.rmtree(p, ignore_errors=True)
 
 
-def load(path, model=None, opt=None):
-    """Verify every file's sha256 and load weights (and optimizer state) in place. Returns the metadata."""
+def verify(path):
+    """The metadata of checkpoint `path` once every file matches its sha256; else a CheckpointError."""
     path = Path(path)
-    meta_path = path / "meta.json"
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads((path / "meta.json").read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"checkpoint {path}: unreadable meta.json ({e}); refusing to load") from e
     for f, digest in meta.get("sha256", {}).items():
@@ -92,6 +91,25 @@ def load(path, model=None, opt=None):
             raise CheckpointError(f"checkpoint {path}: {f} is missing; refusing to load")
         if sha256_file(path / f) != digest:
             raise CheckpointError(f"checkpoint {path}: {f} is corrupt or truncated (sha256 mismatch); refusing to load")
+    return meta
+
+
+def latest_valid(ckpt_root):
+    """(the newest checkpoint that verifies, or None; the errors of the newer ones that do not)."""
+    rejected = []
+    for path in sorted((p for p in Path(ckpt_root).glob("step_*") if p.is_dir()), reverse=True):
+        try:
+            verify(path)
+            return path, rejected
+        except CheckpointError as e:
+            rejected.append(str(e))
+    return None, rejected
+
+
+def load(path, model=None, opt=None):
+    """Verify every file's sha256 and load weights (and optimizer state) in place. Returns the metadata."""
+    path = Path(path)
+    meta = verify(path)
     if model is not None:
         model.load_state_dict(load_file(path / "model.safetensors"))
     if opt is not None:
