@@ -82,7 +82,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", default="runs/default/pretrain", help="run directory (the main job's base model)")
     ap.add_argument("--tokens", type=int, default=128, help="new tokens per request")
-    ap.add_argument("--repeats", type=int, default=3, help="single-stream repeats (best taken)")
+    ap.add_argument("--repeats", type=int, default=5, help="single-stream repeats (best taken)")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="the engine's weights")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                     help="compile the engine's decode step (torch.compile)")
@@ -102,6 +102,7 @@ def main():
     t = time.perf_counter()
     eng.generate([ids], params(8, 0))  # warm-up: compiles the decode step
     eng.generate([ids, ids[:5]], params(8, 0))
+    eng.generate([ids[:7]], params(8, 0))
     res["engine_warmup_s"] = time.perf_counter() - t
     naive(model, ids, 8)  # warm-up
     # everything computes on this (the main) thread: generate() runs the engine's loop in its caller, and the

@@ -194,6 +194,10 @@ def _decode_logits(model, idx, cache):
     return model(idx, cache=cache)[:, -1]
 
 
+def _prefill_logits(model, idx, cache, at):
+    return model(idx, cache=cache, logits_at=at)
+
+
 class Engine:
     """Continuous-batching generation over one model (a loaded run, or an in-memory policy being trained).
     `max_rows`: rows decoded together (the KV cache holds this many sequences)."""
@@ -201,6 +205,7 @@ class Engine:
     def __init__(self, model, tok, max_rows=32, stop_ids=None, compile=False):
         self.model, self.tok, self.max_rows = model, tok, max_rows
         self.compiled = torch.compile(_decode_logits, dynamic=False) if compile else None
+        self.compiled_prefill = torch.compile(_prefill_logits, dynamic=False) if compile else None
         self.n_ctx = model.cfg.seq_len
         self.stop_ids = set(stop_ids) if stop_ids is not None else {tok.eot_id, tok.special("end")}
         self.device = next(model.parameters()).device
@@ -398,25 +403,32 @@ class Engine:
     def _forward(self, idx, start, stop, at, lengths=None, images=None):
         """Float logits (B,V) at position at[b] of each row b of idx, run on cache rows start..stop-1 and committed
         (lengths: real tokens per right-padded row of a prefill)."""
-        view = self.cache.rows(stop, start)
-        view.lengths = lengths
-        if self.compiled is None or idx.size(1) != 1:
+        if self.compiled is None or images is not None or (idx.size(1) == 1 and lengths is not None):
+            view = self.cache.rows(stop, start)
+            view.lengths = lengths
             return self.model(idx, images=images, cache=view, logits_at=at).float()
-        return self._decode_compiled(idx, start, stop)
+        return self._run_compiled(idx, start, stop, at, lengths)
 
-    def _decode_compiled(self, idx, start, stop):
-        """One compiled decode step. The batch dimension is marked dynamic so one graph serves every batch size;
-        a lone row is padded with the free row after it (dynamo specialises a size of 1)."""
+    def _run_compiled(self, idx, start, stop, at, lengths):
+        """A compiled decode step (T = 1) or prefill (T > 1): two graphs whose batch (and prompt length) are
+        marked dynamic, so they serve every size; a lone row is padded with the free row after it (dynamo
+        specialises a size of 1)."""
         B = stop - start
         if B == 1:
             self.cache.reset(stop)  # always free: at most max_rows rows are active, the cache has max_rows + 1
-            idx, stop = idx.repeat(2, 1), stop + 1
+            idx, at, stop = idx.repeat(2, 1), at.repeat(2), stop + 1
+            lengths = None if lengths is None else lengths.repeat(2)
         view = self.cache.rows(stop, start)
+        view.lengths = lengths
         for t in (view.k, view.v, view.last_k):
             torch._dynamo.mark_dynamic(t, 1)
-        torch._dynamo.mark_dynamic(view.pos, 0)
-        torch._dynamo.mark_dynamic(idx, 0)
-        logits = self.compiled(self.model, idx, view)
+        for t in (view.pos, at, idx):
+            torch._dynamo.mark_dynamic(t, 0)
+        if idx.size(1) > 1:
+            torch._dynamo.mark_dynamic(idx, 1)
+            logits = self.compiled_prefill(self.model, idx, view, at)
+        else:
+            logits = self.compiled(self.model, idx, view)
         view.commit()
         return logits[:B].float()
 

@@ -193,3 +193,25 @@ def test_bad_parameters_are_refused(engine):
             engine.submit([1, 2, 3], SamplingParams(**bad))
     with pytest.raises(ValueError, match="empty prompt"):
         engine.submit([], SamplingParams())
+
+
+@pytest.mark.slow
+def test_compiled_engine_equals_eager(loaded):
+    """The compiled decode step and prefill (dynamic batch and prompt length, a lone row padded) give the tokens
+    of the eager path, for a lone request, a batch, and requests joining a running batch."""
+    ps = prompts(loaded.tok, 5)
+    eager = Engine(loaded.model, loaded.tok, max_rows=8)
+    fast = Engine(loaded.model, loaded.tok, max_rows=8, compile=True)
+    p = SamplingParams(max_tokens=12, temperature=0.9, top_k=20, seed=4)
+    for group in ([ps[0]], ps[1:4], [ps[4], ps[0][:3]]):
+        want = [o.choices[0].token_ids for o in eager.generate(group, p)]
+        assert [o.choices[0].token_ids for o in fast.generate(group, p)] == want
+    first = fast.submit(ps[2], SamplingParams(max_tokens=30, temperature=0))
+    while len(first.out.choices[0].token_ids) < 3:  # the background loop has it running; these join it
+        time.sleep(0.001)
+    later = [fast.submit(q, SamplingParams(max_tokens=10, temperature=0)) for q in ps[:2]]
+    assert first.result().choices[0].token_ids == reference_greedy(loaded.model, ps[2], 30, fast.stop_ids)
+    for q, r in zip(ps[:2], later):
+        assert r.result().choices[0].token_ids == reference_greedy(loaded.model, q, 10, fast.stop_ids)
+    eager.close()
+    fast.close()
