@@ -1,10 +1,13 @@
 """The generation engine: every token this project samples comes from here (sample, evals, scaling samplers,
 the server, RLHF rollouts).
 
-Continuous batching: requests are submitted from any thread; a worker thread admits them into free rows of one
-KV cache between decode steps (each prompt prefilled on its own, its n choices copied into n rows), runs one
-batched decode step over every active row, and lets a row go the moment it finishes or its request is cancelled
-(the last active row moves into the gap, so the active rows are always rows 0..n-1 of the cache).
+Continuous batching: requests are submitted from any thread; between decode steps the loop admits them into
+free rows of one KV cache (the admitted prompts prefilled together, right-padded; a request's n choices copied
+into n rows), runs one batched decode step over every active row, and lets a row go the moment it finishes or
+its request is cancelled (the last active row moves into the gap, so the active rows are always rows 0..n-1).
+The loop runs in whichever thread calls `generate()` or `serve()`, else in a background thread that `submit()`
+starts and that ends when idle. `compile=True` compiles the decode step and the prefill (bf16 weights + compile
+is the fast CPU path; NOTES.md has the measurements).
 
 Sampling is per row: temperature (0 = greedy), top_k, top_p, stop strings (cut exactly, also when a stop string
 spans tokens; text that could still become one is held back from the stream), stop tokens (`<|endoftext|>`,

@@ -1,14 +1,17 @@
 """Likelihood ranking: score each candidate answer of a prompt by the summed log-probability the model gives its
 tokens, and pick the best (the multiple-choice protocol of GPT-3 and of the Inverse Scaling Prize evaluations).
 
-The prompt and each option are tokenised separately and joined, `<|endoftext|>` + prompt + option (as
-`sample.complete` prefixes its prompt), so every option is scored after exactly the same context tokens. A
-sequence longer than the model's context loses tokens from the left of the prompt; the option is never cut.
+The prompt and each option are tokenised separately and joined, `<|endoftext|>` + prompt + option (the prompt
+rule of every base-model caller, `engine.prompt_ids`), so every option is scored after exactly the same context
+tokens. A sequence longer than the model's context loses tokens from the left of the prompt; the option is never
+cut.
 Rows are right-padded and batched (causal attention makes right padding invisible to the real positions), rows
 with identical inputs (single-token options after one prompt) share a forward pass, and the
 log-softmax is taken in float32 whatever the model's dtype.
 """
 import torch
+
+from .engine import prompt_ids
 
 __all__ = ["encode_pair", "option_logprobs", "batch_option_logprobs"]
 
@@ -21,11 +24,11 @@ def encode_pair(tok, prompt, option, seq_len, bos=True):
         raise ValueError(f"option {option!r} encodes to no tokens")
     if len(opt) > seq_len:
         raise ValueError(f"option of {len(opt)} tokens does not fit a context of {seq_len}")
-    ctx = ([tok.eot_id] if bos else []) + tok.encode(prompt)
+    keep = seq_len + 1 - len(opt)
+    ctx = prompt_ids(tok, prompt, keep)[0] if bos else tok.encode(prompt)[-keep:]
     if not ctx:
         raise ValueError("empty context: pass bos=True or a non-empty prompt")
-    keep = seq_len + 1 - len(opt)
-    return ctx[-keep:], opt
+    return ctx, opt
 
 
 @torch.no_grad()

@@ -93,6 +93,11 @@ def write_card(run, out, results, contam, contam_seconds, curves, total_seconds)
                         for n, (_, r, _) in results.items())
     cal = "\n".join(f"- {label}: ECE {CAL.reliability(*curve)[1]:.3f} over {len(curve[0])} items"
                     for label, curve in curves.items())
+    from .execution import isolation
+    iso = isolation()
+    sandbox = (f"network namespace {'yes' if iso['network_namespace'] else 'no'}, socket filter "
+               f"{'yes' if iso['socket_filter'] else 'no'}, process limit {'yes' if iso['process_limit'] else 'no'}"
+               + (f" ({iso['reason']})" if iso["reason"] else "") + ".")
     md = f"""# Eval report card: `{run}`
 
 Benchmarks of the GPT-4 report (its Table 2), run by `nanogpt4 report` in {total_seconds / 60:.1f} min on this
@@ -125,6 +130,11 @@ all benchmarks took {contam_seconds:.1f} s (index build included when it was not
 Reliability of the letter-mode MMLU answers (confidence = the probability of the chosen letter, normalised over
 the option letters), the report's Figure 8; expected calibration error over 10 bins:
 {cal}
+
+## Sandbox
+
+HumanEval's programs ran in `nanogpt4/evals/execution.py`'s sandbox; isolation in force on this machine (probed):
+{sandbox}
 
 Records (one JSONL per benchmark, sample by sample): `records/`. `nanogpt4 eval show <record>` prints them.
 """

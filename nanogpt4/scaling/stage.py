@@ -125,6 +125,7 @@ def step_hindsight(args, preset, p):
 
 def step_humaneval(args, preset, p):
     from ..evals import humaneval
+    from ..evals.execution import isolation
     problems, settings = humaneval.load_problems(), HUMANEVAL_SETTINGS[args.preset]
     res = capability.measure([p["target"]], problems, **settings)[str(p["target"])]
     n = settings["n"]
@@ -132,7 +133,7 @@ def step_humaneval(args, preset, p):
                for k in (1, n)}
     solved = sorted(t for t, r in res.items() if r["passed"])
     atomic_write_json(Path(args.out) / "humaneval.json", dict(problems=len(res), settings=settings, solved=solved,
-                                                              **summary))
+                                                              sandbox=isolation(), **summary))
     print("  HumanEval on the target: " + ", ".join(f"{k} {v:.3f}" for k, v in summary.items())
           + f" ({len(solved)} of {len(res)} problems solved at least once)")
 
