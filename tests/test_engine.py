@@ -1,6 +1,7 @@
 """The generation engine: continuous batching equals one-at-a-time decoding, seeded requests ignore their batch
 mates, log-probabilities are those of the sampling distribution, top-k / top-p / stop strings / stop tokens /
 context limits / cancellation behave as documented."""
+import shutil
 import threading
 import time
 
@@ -196,6 +197,8 @@ def test_bad_parameters_are_refused(engine):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="torch.compile on CPU needs a C++ compiler")
 def test_compiled_engine_equals_eager(loaded):
     """The compiled decode step and prefill (dynamic batch and prompt length, a lone row padded) give the tokens
     of the eager path, for a lone request, a batch, and requests joining a running batch."""
