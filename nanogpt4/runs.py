@@ -59,6 +59,22 @@ def newest_checkpoint(run):
     return ckpt
 
 
+def pinned_checkpoint(run, sha256):
+    """The checkpoint of a run whose weights have this sha256 (a served snapshot pins one), verified; else a
+    RunError: a snapshot whose weights changed or vanished is refused, never silently replaced."""
+    for path in sorted(Path(run).glob("ckpt/step_*"), reverse=True):
+        try:
+            if json.loads((path / "meta.json").read_text())["sha256"]["model.safetensors"] == sha256:
+                checkpoint.verify(path)
+                return path
+        except (OSError, ValueError, KeyError):
+            continue
+        except checkpoint.CheckpointError as e:
+            raise RunError(f"{run}: the checkpoint with weights {sha256[:12]}… is corrupt ({e})") from None
+    raise RunError(f"{run}: no checkpoint has weights with sha256 {sha256[:12]}… (the snapshot's checkpoint "
+                   "changed or was removed)")
+
+
 def checkpoint_id(run):
     """`step_…:<sha256 of the weights>` of the checkpoint `load` would use: what caches of measured results and
     served snapshots are keyed by."""
@@ -77,16 +93,17 @@ class Run:
     device: torch.device
 
 
-def load(run, device=None, dtype=None) -> Run:
+def load(run, device=None, dtype=None, sha256=None) -> Run:
     """A run ready for inference: model in eval mode on `device` (default: cuda when present, else cpu) in
-    `dtype` (default: the weights' own, float32), its tokenizer and which checkpoint was loaded."""
+    `dtype` (default: the weights' own, float32), its tokenizer and which checkpoint was loaded: the newest that
+    verifies, or the one whose weights have `sha256`."""
     run = Path(run)
     if not run.is_dir():
         raise RunError(f"run directory {run} does not exist")
     cfg = read_config(run)
     if "model" not in cfg:
         raise RunError(f"{run}/config.json has no model config")
-    ckpt = newest_checkpoint(run)
+    ckpt = newest_checkpoint(run) if sha256 is None else pinned_checkpoint(run, sha256)
     model = GPT(ModelConfig(**cfg["model"]))
     try:
         checkpoint.load(ckpt, model)

@@ -1,0 +1,376 @@
+"""The OpenAI-compatible API over the engine (FastAPI): `POST /v1/chat/completions` (plain and SSE streaming),
+`POST /v1/completions`, `GET /v1/models`, `GET /v1/models/{id}`, `GET /health`.
+
+Each served snapshot has its own engine, loaded and run on one thread of its own (all of a model's compute on
+the thread that loaded it: the fast path on CPU, NOTES.md). Requests are validated into pydantic models (strict
+types; unknown fields ignored as OpenAI does, unsupported ones refused by name), rendered with the chat format
+(chat.py), checked against the context before any work, and every error has OpenAI's body
+`{"error": {"message", "type", "param", "code"}}` and status. Usage counts the prompt's tokens and the sampled
+ones (a closing stop token excluded).
+"""
+import asyncio
+import threading
+import time
+import uuid
+from typing import Optional, Union
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException
+
+from .. import chat, runs
+from ..engine import ContextLengthError, Engine, SamplingParams, prompt_ids
+
+MAX_BODY = 8 << 20  # bytes; a larger request is refused with 413 before it is read
+UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "response_format", "logit_bias", "audio",
+               "modalities", "prediction", "suffix", "best_of")
+
+
+class APIError(Exception):
+    def __init__(self, status, message, type_="invalid_request_error", param=None, code=None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+
+
+def error_body(message, type_="invalid_request_error", param=None, code=None):
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+# ----------------------------------------------------------------------------- requests
+
+class Sampling(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    model: str
+    max_tokens: Optional[int] = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)  # an extension (as vLLM and llama.cpp offer)
+    n: int = Field(1, ge=1, le=16)
+    stop: Union[str, list[str], None] = None
+    seed: Optional[int] = None
+    stream: bool = False
+    stream_options: Optional[dict] = None
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    user: Optional[str] = None
+
+
+class ChatRequest(Sampling):
+    messages: list
+    max_completion_tokens: Optional[int] = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: Optional[int] = Field(None, ge=0, le=20)
+
+
+class CompletionRequest(Sampling):
+    prompt: Union[str, list[str]]
+    logprobs: Optional[int] = Field(None, ge=0, le=5)
+    echo: bool = False
+
+
+def parse(cls, body):
+    """A validated request, or the APIError OpenAI would give for it."""
+    if not isinstance(body, dict):
+        raise APIError(400, "The request body must be a JSON object.")
+    for name in UNSUPPORTED:
+        if body.get(name) not in (None, False, [], {}):
+            raise APIError(400, f"'{name}' is not supported by this server.", param=name, code="unsupported_parameter")
+    try:
+        req = cls.model_validate(body)
+    except ValidationError as e:
+        err = e.errors()[0]
+        param = ".".join(str(x) for x in err["loc"]) or None
+        raise APIError(400, f"Invalid value for '{param}': {err['msg']}.", param=param, code="invalid_value") from None
+    stops = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
+    if len(stops) > 4 or any(not s for s in stops):
+        raise APIError(400, "'stop' takes up to 4 non-empty strings.", param="stop")
+    for name in ("presence_penalty", "frequency_penalty"):
+        if getattr(req, name):
+            raise APIError(400, f"'{name}' other than 0 is not supported by this server.", param=name,
+                           code="unsupported_parameter")
+    return req, stops
+
+
+# ----------------------------------------------------------------------------- models
+
+class Served:
+    """One snapshot: its model loaded and its engine looping on a thread of their own."""
+
+    def __init__(self, snapshot, device=None, dtype=None, compile=False, max_rows=32):
+        self.snapshot, self.error = snapshot, None
+        ready = threading.Event()
+
+        def run():
+            try:
+                r = runs.load(snapshot.run, device, dtype, sha256=snapshot.checkpoint_sha256)
+                self.tok, self.fingerprint = r.tok, "fp_" + r.checkpoint_id.split(":")[1][:10]
+                self.engine = Engine(r.model, r.tok, max_rows=max_rows, compile=compile)
+                if snapshot.context_length:
+                    self.engine.n_ctx = min(snapshot.context_length, self.engine.n_ctx)
+            except Exception as e:  # noqa: BLE001 — reported to the starting thread
+                self.error = e
+                return
+            finally:
+                ready.set()
+            self.engine.serve()  # until the engine is closed
+
+        self.thread = threading.Thread(target=run, name=f"serve-{snapshot.name}", daemon=True)
+        self.thread.start()
+        ready.wait()
+        if self.error is not None:
+            raise self.error
+
+    def close(self):
+        self.engine.close()
+
+
+def model_card(snapshot, name=None):
+    return {"id": name or snapshot.name, "object": "model", "created": snapshot.created, "owned_by": "nanogpt4"}
+
+
+# ----------------------------------------------------------------------------- responses
+
+def token_logprob(tok, t, lp):
+    b = tok.enc.decode_single_token_bytes(t)
+    return {"token": b.decode("utf-8", "replace"), "logprob": lp, "bytes": list(b)}
+
+
+def chat_logprobs(tok, c, stop_ids):
+    out = []
+    for i, (t, lp) in enumerate(zip(c.token_ids, c.logprobs)):
+        if t in stop_ids:
+            continue
+        top = c.top_logprobs[i] if i < len(c.top_logprobs) else {}
+        out.append(dict(token_logprob(tok, t, lp), top_logprobs=[token_logprob(tok, a, b) for a, b in top.items()]))
+    return {"content": out}
+
+
+def completion_tokens(out, stop_ids):
+    return sum(sum(t not in stop_ids for t in c.token_ids) for c in out.choices)
+
+
+def usage(out, stop_ids):
+    n = completion_tokens(out, stop_ids)
+    return {"prompt_tokens": out.prompt_tokens, "completion_tokens": n, "total_tokens": out.prompt_tokens + n}
+
+
+async def wait(req):
+    """The Output of an engine request, waited for off the event loop; a client that leaves cancels it."""
+    try:
+        return await asyncio.to_thread(req.result)
+    except asyncio.CancelledError:
+        req.cancel()
+        raise
+
+
+def sse(obj):
+    import json
+    return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
+
+
+# ----------------------------------------------------------------------------- the app
+
+def create_app(models, served):
+    """The FastAPI app for `models` (serve.models.Models) whose snapshots are loaded in `served` (name → Served)."""
+    app = FastAPI(title="nanogpt4", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(APIError)
+    async def api_error(request, e):
+        return JSONResponse(error_body(e.message, e.type, e.param, e.code), status_code=e.status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, e):
+        kind = "invalid_request_error" if e.status_code < 500 else "server_error"
+        msg = f"Unknown request URL: {request.method} {request.url.path}." if e.status_code == 404 else str(e.detail)
+        return JSONResponse(error_body(msg, kind, code="unknown_url" if e.status_code == 404 else None),
+                            status_code=e.status_code)
+
+    @app.exception_handler(Exception)
+    async def server_error(request, e):  # never leak internals
+        return JSONResponse(error_body("The server had an error while processing your request.", "server_error"),
+                            status_code=500)
+
+    async def read_json(request):
+        """The body as JSON; over MAX_BODY it is read to its end (up to 8×, so that the client gets to read the
+        413 instead of a reset connection) and discarded."""
+        body, seen = bytearray(), 0
+        async for part in request.stream():
+            seen += len(part)
+            if seen <= MAX_BODY:
+                body += part
+            elif seen > 8 * MAX_BODY:
+                break
+        if seen > MAX_BODY:
+            raise APIError(413, f"Request body too large: the limit is {MAX_BODY} bytes.", code="request_too_large")
+        import json
+        try:
+            return json.loads(bytes(body).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise APIError(400, f"We could not parse the JSON body of your request ({e}).") from None
+
+    def lookup(name):
+        snap = models.resolve(name)
+        if snap is None or snap.name not in served:
+            raise APIError(404, f"The model `{name}` does not exist.", param="model", code="model_not_found")
+        if snap.deprecated():
+            raise APIError(404, f"The model `{name}` was deprecated after {snap.deprecated_after.isoformat()}; "
+                                f"use a newer snapshot (GET /v1/models).", param="model", code="model_deprecated")
+        return served[snap.name]
+
+    def submit(s, ids, req, stops, param, **extra):
+        room = req.max_tokens or getattr(req, "max_completion_tokens", None)
+        params = SamplingParams(max_tokens=room, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
+                                stop=tuple(stops), seed=req.seed, n=req.n, **extra)
+        try:
+            return s.engine.submit(ids, params)
+        except ContextLengthError as e:
+            raise APIError(400, str(e), param=param, code="context_length_exceeded") from None
+        except ValueError as e:
+            raise APIError(400, str(e), param=param) from None
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "models": sorted(served)}
+
+    @app.get("/v1/models")
+    async def list_models():
+        cards = [model_card(models.snapshots[n]) for n in sorted(served)]
+        cards += [model_card(models.snapshots[t], a) for a, t in sorted(models.aliases.items()) if t in served]
+        return {"object": "list", "data": cards}
+
+    @app.get("/v1/models/{name}")
+    async def get_model(name: str):
+        lookup(name)
+        return model_card(models.resolve(name), name)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        req, stops = parse(ChatRequest, await read_json(request))
+        s = lookup(req.model)
+        try:
+            chat.validate(req.messages)
+        except chat.ChatError as e:
+            raise APIError(400, str(e), param="messages") from None
+        if any(isinstance(m["content"], list) and any(p["type"] == "image_url" for p in m["content"])
+               for m in req.messages):
+            raise APIError(400, f"The model `{req.model}` does not accept image input.", param="messages",
+                           code="image_input_not_supported")
+        if req.stream and req.logprobs:
+            raise APIError(400, "logprobs with stream is not supported by this server yet.", param="logprobs")
+        ids = chat.render(s.tok, req.messages).ids
+        eng = submit(s, ids, req, stops, "messages", top_logprobs=req.top_logprobs or 0)
+        rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        head = dict(id=rid, created=created, model=s.snapshot.name, system_fingerprint=s.fingerprint)
+        if not req.stream:
+            out = await wait(eng)
+            choices = [dict(index=c.index, message=dict(role="assistant", content=c.text),
+                            logprobs=chat_logprobs(s.tok, c, s.engine.stop_ids) if req.logprobs else None,
+                            finish_reason=c.finish_reason) for c in out.choices]
+            return dict(head, object="chat.completion", choices=choices, usage=usage(out, s.engine.stop_ids))
+        include_usage = bool((req.stream_options or {}).get("include_usage"))
+        return StreamingResponse(stream(eng, head, "chat.completion.chunk", include_usage, s),
+                                 media_type="text/event-stream")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        req, stops = parse(CompletionRequest, await read_json(request))
+        s = lookup(req.model)
+        prompt = req.prompt
+        if isinstance(prompt, list):
+            if len(prompt) != 1:
+                raise APIError(400, "This server takes one prompt per request.", param="prompt")
+            prompt = prompt[0]
+        if req.echo:
+            raise APIError(400, "'echo' is not supported by this server.", param="echo", code="unsupported_parameter")
+        if req.stream and req.logprobs:
+            raise APIError(400, "logprobs with stream is not supported by this server yet.", param="logprobs")
+        ids, _ = prompt_ids(s.tok, prompt)
+        eng = submit(s, ids, req, stops, "prompt", top_logprobs=req.logprobs or 0)
+        head = dict(id=f"cmpl-{uuid.uuid4().hex}", created=int(time.time()), model=s.snapshot.name,
+                    system_fingerprint=s.fingerprint)
+        if req.stream:
+            include_usage = bool((req.stream_options or {}).get("include_usage"))
+            return StreamingResponse(stream(eng, head, "text_completion", include_usage, s),
+                                     media_type="text/event-stream")
+        out = await wait(eng)
+        choices = []
+        for c in out.choices:
+            lp = None
+            if req.logprobs is not None:
+                keep = [i for i, t in enumerate(c.token_ids) if t not in s.engine.stop_ids]
+                toks = [s.tok.enc.decode_single_token_bytes(c.token_ids[i]).decode("utf-8", "replace") for i in keep]
+                offsets = [sum(map(len, toks[:i])) for i in range(len(toks))]
+                top = [{s.tok.decode([a]): b for a, b in c.top_logprobs[i].items()} if c.top_logprobs else None
+                       for i in keep]
+                lp = dict(tokens=toks, token_logprobs=[c.logprobs[i] for i in keep], top_logprobs=top,
+                          text_offset=offsets)
+            choices.append(dict(index=c.index, text=c.text, logprobs=lp, finish_reason=c.finish_reason))
+        return dict(head, object="text_completion", choices=choices, usage=usage(out, s.engine.stop_ids))
+
+    async def stream(eng, head, kind, include_usage, s):
+        """SSE chunks: (chat) a role delta per choice first, then text deltas as they become final, one chunk per
+        choice with its finish_reason, the usage chunk if asked, then [DONE]. A client that leaves cancels."""
+        is_chat = kind == "chat.completion.chunk"
+
+        def chunk(index, text=None, finish=None, role=False):
+            if is_chat:
+                delta = {"role": "assistant", "content": ""} if role else ({"content": text} if text else {})
+                choice = dict(index=index, delta=delta, logprobs=None, finish_reason=finish)
+            else:
+                choice = dict(index=index, text=text or "", logprobs=None, finish_reason=finish)
+            return sse(dict(head, object=kind, choices=[choice]))
+
+        try:
+            if is_chat:
+                for i in range(eng.params.n):
+                    yield chunk(i, role=True)
+            while (item := await asyncio.to_thread(eng.stream.get)) is not None:
+                yield chunk(item[0], item[1])
+            if eng.error is not None:
+                yield sse(error_body("The server had an error while processing your request.", "server_error"))
+                return
+            for c in eng.out.choices:
+                yield chunk(c.index, finish=c.finish_reason)
+            if include_usage:
+                yield sse(dict(head, object=kind, choices=[], usage=usage(eng.out, s.engine.stop_ids)))
+            yield "data: [DONE]\n\n"
+        finally:
+            if not eng.done.is_set():
+                eng.cancel()
+
+    return app
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def add_args(p):
+    p.add_argument("--models", default=None, help="models file (YAML: snapshots, aliases; see serve/models.py)")
+    p.add_argument("--run", default="runs/default/pretrain",
+                   help="without --models: serve this run's newest checkpoint as nano4-<today> (alias nano4)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, … (default: cuda when present)")
+    p.add_argument("--compile", action="store_true", help="compile the engines' decode and prefill (bf16 on CPU)")
+    p.add_argument("--max-rows", type=int, default=32, help="sequences each engine decodes together")
+
+
+def start(models, device=None, compile=False, max_rows=32):
+    """Load every snapshot (refusing one whose checkpoint hash changed) and return (app, served)."""
+    import torch
+    dtype = torch.bfloat16 if compile else None
+    served = {name: Served(snap, device, dtype, compile, max_rows) for name, snap in models.snapshots.items()}
+    return create_app(models, served), served
+
+
+def main(args):
+    import uvicorn
+    from . import models as M
+    models = M.load(args.models) if args.models else M.for_run(args.run)
+    app, served = start(models, args.device, args.compile, args.max_rows)
+    print(f"serving {', '.join(models.names())} on http://{args.host}:{args.port}/v1", flush=True)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    finally:
+        for s in served.values():
+            s.close()
