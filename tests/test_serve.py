@@ -14,17 +14,22 @@ import pytest
 import uvicorn
 
 from nanogpt4 import runs
-from nanogpt4.serve import api, models as M
+from nanogpt4.cli import main as cli
+from nanogpt4.serve import api, keys, models as M
 
 
 @pytest.fixture(scope="module")
-def server(local_run):
+def server(local_run, tmp_path_factory):
     sha = runs.checkpoint_id(local_run).split(":")[1]
     models = M.parse({"snapshots": {"nano4-20261201": {"run": str(local_run), "checkpoint_sha256": sha},
                                     "nano4-20250101": {"run": str(local_run), "checkpoint_sha256": sha,
                                                        "deprecated_after": "2025-06-01"}},
                       "aliases": {"nano4": "nano4-20261201"}})
-    app, served = api.start(models, device="cpu", max_rows=8)
+    db = keys.connect(keys.home(tmp_path_factory.mktemp("home")))
+    key, _ = keys.create(db, "tests")
+    revoked, k = keys.create(db, "old")
+    keys.revoke(db, k.id)
+    app, served = api.start(models, device="cpu", max_rows=8, db=db)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -34,7 +39,7 @@ def server(local_run):
     deadline = time.time() + 30
     while not srv.started and time.time() < deadline:
         time.sleep(0.05)
-    yield dict(url=f"http://127.0.0.1:{port}", served=served)
+    yield dict(url=f"http://127.0.0.1:{port}", served=served, key=key, revoked=revoked)
     srv.should_exit = True
     thread.join(10)
     for s in served.values():
@@ -43,7 +48,7 @@ def server(local_run):
 
 @pytest.fixture
 def client(server):
-    return openai.OpenAI(base_url=server["url"] + "/v1", api_key="none", timeout=30, max_retries=0)
+    return openai.OpenAI(base_url=server["url"] + "/v1", api_key=server["key"], timeout=30, max_retries=0)
 
 
 def tok(server):
@@ -134,8 +139,9 @@ def test_bad_requests_get_openai_errors(client, kw, param, code):
     assert e.value.body["type"] == "invalid_request_error" and e.value.body["message"]
 
 
-def raw(url, body, content_type="application/json"):
-    req = urllib.request.Request(url + "/v1/chat/completions", data=body, headers={"Content-Type": content_type})
+def raw(url, body, key, content_type="application/json"):
+    req = urllib.request.Request(url + "/v1/chat/completions", data=body,
+                                 headers={"Content-Type": content_type, "Authorization": f"Bearer {key}"})
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             return r.status, json.loads(r.read())
@@ -152,9 +158,9 @@ def test_hostile_bodies(server):
                                       "messages": [{"role": "user", "content": "hi"}] * 10_000}).encode(), 400),
                          (json.dumps({"model": "nano4", "max_tokens": 2,  # 1 MB: past the context
                                       "messages": [{"role": "user", "content": "word " * (1 << 18)}]}).encode(), 400)):
-        got, payload = raw(url, body)
+        got, payload = raw(url, body, server["key"])
         assert got == status and set(payload["error"]) == {"message", "type", "param", "code"}, (body[:30], payload)
-    got, payload = raw(url, json.dumps({"model": "nano4", "messages": MSGS, "max_tokens": 3}).encode())
+    got, payload = raw(url, json.dumps({"model": "nano4", "messages": MSGS, "max_tokens": 3}).encode(), server["key"])
     assert got == 200 and payload["choices"]  # and the server still serves
     with urllib.request.urlopen(url + "/health", timeout=10) as r:
         assert json.loads(r.read())["status"] == "ok"
@@ -195,3 +201,48 @@ def test_models_file_errors(tmp_path):
                   "aliases": {"a": "a-20261201"}})
     assert ok.resolve("a").name == "a-20261201" and not ok.resolve("a").deprecated(dt.date(2026, 12, 31))
     assert ok.resolve("a").deprecated(dt.date(2027, 1, 2)) and ok.resolve("a").created > 0
+
+
+def test_keys_are_required_checked_and_revocable(server):
+    def call(key):
+        c = openai.OpenAI(base_url=server["url"] + "/v1", api_key=key, timeout=30, max_retries=0)
+        return c.chat.completions.create(model="nano4", messages=MSGS, max_tokens=2)
+    with pytest.raises(openai.AuthenticationError) as e:
+        call("sk-nano-wrong")
+    assert e.value.status_code == 401 and e.value.body["code"] == "invalid_api_key"
+    with pytest.raises(openai.PermissionDeniedError) as e:
+        call(server["revoked"])
+    assert e.value.status_code == 403 and e.value.body["code"] == "revoked_api_key"
+    req = urllib.request.Request(server["url"] + "/v1/models")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=10)
+    assert e.value.code == 401 and json.loads(e.value.read())["error"]["code"] == "missing_api_key"
+    assert call(server["key"]).choices
+
+
+def test_keys_cli_shows_a_key_once_and_stores_only_its_hash(tmp_path, capsys):
+    cli(["keys", "--home", str(tmp_path), "create", "--name", "alice", "--rpm", "10"])
+    key = capsys.readouterr().out.strip().splitlines()[-1]
+    assert key.startswith("sk-nano-") and len(key) > 40
+    db = keys.connect(tmp_path)
+    assert keys.check(db, key).name == "alice" and keys.check(db, key + "x") is None
+    stored = b"".join(f.read_bytes() for f in tmp_path.glob("nanogpt4.db*"))  # the database and its WAL
+    assert keys.digest(key).encode() in stored and key.encode() not in stored  # only its sha256 is stored
+    cli(["keys", "--home", str(tmp_path), "list"])
+    listed = capsys.readouterr().out
+    assert "alice" in listed and "active" in listed and key not in listed
+    cli(["keys", "--home", str(tmp_path), "revoke", "1"])
+    cli(["keys", "--home", str(tmp_path), "list"])
+    assert "revoked" in capsys.readouterr().out and keys.check(db, key).revoked
+    with pytest.raises(keys.KeysError, match="already revoked"):
+        keys.revoke(db, 1)
+    with pytest.raises(keys.KeysError, match="no key with id 7"):
+        keys.revoke(db, 7)
+
+
+def test_home_follows_the_option_then_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("NANOGPT4_HOME", str(tmp_path / "env"))
+    assert keys.home() == tmp_path / "env" and keys.home(tmp_path / "opt") == tmp_path / "opt"
+    monkeypatch.delenv("NANOGPT4_HOME")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert keys.home() == tmp_path / "xdg" / "nanogpt4"

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 
 from .. import chat, runs
+from . import keys
 from ..engine import ContextLengthError, Engine, SamplingParams, prompt_ids
 
 MAX_BODY = 8 << 20  # bytes; a larger request is refused with 413 before it is read
@@ -171,9 +172,26 @@ def sse(obj):
 
 # ----------------------------------------------------------------------------- the app
 
-def create_app(models, served):
-    """The FastAPI app for `models` (serve.models.Models) whose snapshots are loaded in `served` (name → Served)."""
+def create_app(models, served, db=None):
+    """The FastAPI app for `models` (serve.models.Models) whose snapshots are loaded in `served` (name → Served).
+    With `db` (serve.keys.connect) every /v1 request needs a valid, unrevoked key; without, the server is open."""
     app = FastAPI(title="nanogpt4", docs_url=None, redoc_url=None, openapi_url=None)
+    db_lock = threading.Lock()  # one sqlite connection, used from the server's threads
+
+    def authorize(request):
+        if db is None:
+            return None
+        auth = request.headers.get("authorization", "")
+        if not auth.startswith("Bearer ") or not auth[7:].strip():
+            raise APIError(401, "You didn't provide an API key. Provide it in an Authorization header "
+                                "(Authorization: Bearer YOUR_KEY).", code="missing_api_key")
+        with db_lock:
+            key = keys.check(db, auth[7:].strip())
+        if key is None:
+            raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
+        if key.revoked:
+            raise APIError(403, "This API key has been revoked.", code="revoked_api_key")
+        return key
 
     @app.exception_handler(APIError)
     async def api_error(request, e):
@@ -234,18 +252,21 @@ def create_app(models, served):
         return {"status": "ok", "models": sorted(served)}
 
     @app.get("/v1/models")
-    async def list_models():
+    async def list_models(request: Request):
+        authorize(request)
         cards = [model_card(models.snapshots[n]) for n in sorted(served)]
         cards += [model_card(models.snapshots[t], a) for a, t in sorted(models.aliases.items()) if t in served]
         return {"object": "list", "data": cards}
 
     @app.get("/v1/models/{name}")
-    async def get_model(name: str):
+    async def get_model(name: str, request: Request):
+        authorize(request)
         lookup(name)
         return model_card(models.resolve(name), name)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
+        authorize(request)
         req, stops = parse(ChatRequest, await read_json(request))
         s = lookup(req.model)
         try:
@@ -274,6 +295,7 @@ def create_app(models, served):
 
     @app.post("/v1/completions")
     async def completions(request: Request):
+        authorize(request)
         req, stops = parse(CompletionRequest, await read_json(request))
         s = lookup(req.model)
         prompt = req.prompt
@@ -345,6 +367,9 @@ def create_app(models, served):
 # ----------------------------------------------------------------------------- CLI
 
 def add_args(p):
+    p.add_argument("--home", default=None, help="server state directory, shared with `nanogpt4 keys` (default: "
+                                                "$NANOGPT4_HOME or ~/.local/share/nanogpt4)")
+    p.add_argument("--no-auth", action="store_true", help="serve without API keys (local development only)")
     p.add_argument("--models", default=None, help="models file (YAML: snapshots, aliases; see serve/models.py)")
     p.add_argument("--run", default="runs/default/pretrain",
                    help="without --models: serve this run's newest checkpoint as nano4-<today> (alias nano4)")
@@ -355,20 +380,24 @@ def add_args(p):
     p.add_argument("--max-rows", type=int, default=32, help="sequences each engine decodes together")
 
 
-def start(models, device=None, compile=False, max_rows=32):
+def start(models, device=None, compile=False, max_rows=32, db=None):
     """Load every snapshot (refusing one whose checkpoint hash changed) and return (app, served)."""
     import torch
     dtype = torch.bfloat16 if compile else None
     served = {name: Served(snap, device, dtype, compile, max_rows) for name, snap in models.snapshots.items()}
-    return create_app(models, served), served
+    return create_app(models, served, db), served
 
 
 def main(args):
     import uvicorn
     from . import models as M
     models = M.load(args.models) if args.models else M.for_run(args.run)
-    app, served = start(models, args.device, args.compile, args.max_rows)
-    print(f"serving {', '.join(models.names())} on http://{args.host}:{args.port}/v1", flush=True)
+    db = None if args.no_auth else keys.connect(keys.home(args.home))
+    if db is not None and not keys.all_keys(db):
+        print(f"no API keys yet in {keys.home(args.home)}: make one with `nanogpt4 keys create` (or --no-auth)")
+    app, served = start(models, args.device, args.compile, args.max_rows, db)
+    print(f"serving {', '.join(models.names())} on http://{args.host}:{args.port}/v1"
+          + (" (no API keys: --no-auth)" if db is None else ""), flush=True)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     finally:
