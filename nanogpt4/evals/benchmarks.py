@@ -165,7 +165,7 @@ class MultipleChoiceBenchmark(Eval):
         writes its answer and the first option letter in it counts; no option probabilities, so no calibration."""
         pairs, used, truncated = self.build(item, self.fewshot(item, rng))
         prompt = pairs[0][0]
-        sampled = self.completion_fn(prompt=prompt, max_tokens=2, temperature=0.0).completions[0]
+        sampled = self.complete(prompt, max_tokens=2, temperature=0.0)
         m = re.match(rf"\s*\(?([{LETTERS[:len(pairs)]}])\b", sampled)
         choice = LETTERS.index(m.group(1)) if m else None
         return dict(prompt=prompt, sampled=sampled, options=[o for _, o in pairs], label=item["label"], choice=choice,
@@ -346,8 +346,9 @@ class GenerationBenchmark(Eval):
                 return prompt, k, budget is not None and count(prompt) > budget
             k -= 1
 
-    def generate(self, prompt):
-        return self.completion_fn(prompt=prompt, max_tokens=self.max_tokens, temperature=0.0, stop=self.stop).completions[0]
+    def answer(self, prompt):
+        """The greedy answer, up to the benchmark's stop strings."""
+        return self.complete(prompt, max_tokens=self.max_tokens, temperature=0.0, stop=self.stop)
 
     def report(self, records):
         out = dict(benchmark=self.name, mode="generation", metric=self.metric, shots_requested=self.shots, n=len(records),
@@ -401,7 +402,7 @@ class GSM8K(GenerationBenchmark):
 
     def eval_sample(self, item, rng):
         prompt, used, truncated = self.fit_prompt(self.exemplars, f"Question: {item['question']}\nAnswer:")
-        text = self.generate(prompt)
+        text = self.answer(prompt)
         got = last_number(text)
         ok = same_number(got, float(item["answer"].replace(",", "")))
         return dict(prompt=prompt, sampled=text, expected=item["answer"], extracted=got, exact_match=float(ok),
@@ -429,7 +430,7 @@ class DROP(GenerationBenchmark):
 
     def eval_sample(self, item, rng):
         prompt, used, truncated = self.fit_prompt(self.exemplars, item["query"], self.header)
-        text = self.generate(prompt).strip()
+        text = self.answer(prompt).strip()
         answers = [" ".join(a) for a in item["answers"]]
         em = float(any(normalize(text) == normalize(a) for a in answers))
         return dict(prompt=prompt, sampled=text, expected=answers, f1=drop_f1(text, item["answers"]),
@@ -455,10 +456,10 @@ class HumanEval(GenerationBenchmark):
     def eval_sample(self, problem, rng):
         prompt, _, truncated = self.fit_prompt([], problem["prompt"])
         temp = 0.0 if self.k == 1 else self.temperature
-        res = self.completion_fn(prompt=prompt, max_tokens=self.max_tokens, temperature=temp, n=self.k,
-                                 seed=rng.randrange(2 ** 31), stop=self.stop)
+        raw = self.completions(prompt, max_tokens=self.max_tokens, temperature=temp, n=self.k,
+                               seed=rng.randrange(2 ** 31), stop=self.stop)
         end = HE.completion_end(prompt)
-        completions = [c[:end(c)] if end(c) is not None else c for c in res.completions]
+        completions = [c[:end(c)] if end(c) is not None else c for c in raw]
         outcomes = HE.evaluate([problem] * len(completions), completions)
         passed = sum(o == "passed" for o in outcomes)
         from ..scaling.capability import pass_at_k

@@ -35,10 +35,15 @@ class Eval:
             raise ValueError(f"{self.spec.key}: no samples_jsonl")
         return self.registry.load_samples(self.samples_jsonl, self.spec.root)
 
-    def complete(self, prompt, **kw):
+    def completions(self, prompt, **kw):
+        """Every completion of one request to the eval's completion function; prompt tokens it had to cut are
+        counted for the sample's record (run.py)."""
         res = self.completion_fn(prompt=prompt, **kw)
         CUT.tokens = getattr(CUT, "tokens", 0) + res.info.get("truncated", 0)
-        return res.get_completions()[0]
+        return res.get_completions()
+
+    def complete(self, prompt, **kw):
+        return self.completions(prompt, **kw)[0]
 
     def eval_sample(self, sample, rng) -> dict:
         raise NotImplementedError
