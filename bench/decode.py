@@ -12,6 +12,7 @@
 Every request asks for exactly --tokens new tokens (stop tokens off), so all modes generate the same amount.
 """
 import argparse
+import copy
 import json
 import sys
 import threading
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nanogpt4 import runs  # noqa: E402
-from nanogpt4.engine import Engine, SamplingParams  # noqa: E402
+from nanogpt4.engine import Engine, SamplingParams, prompt_ids  # noqa: E402
 from nanogpt4.model.gpt import KVCache  # noqa: E402
 
 PROMPT = "It was the best of times, it was the worst of times, it was the age of wisdom,"
@@ -88,22 +89,22 @@ def main():
                     help="compile the engine's decode step (torch.compile)")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
     run = runs.load(args.run, device="cpu")
     model, tok = run.model, run.tok
-    ids = [tok.eot_id] + tok.encode(PROMPT)
+    ids, _ = prompt_ids(tok, PROMPT)
     n = args.tokens
     print(f"model {args.run} ({run.checkpoint_id[:20]}…): {model.num_params() / 1e6:.2f}M params, "
           f"prompt {len(ids)} tokens, {n} new tokens per request, {torch.get_num_threads()} threads")
     res = {}
 
-    fast = runs.load(args.run, device="cpu", dtype=getattr(torch, args.dtype)).model
+    fast = copy.deepcopy(model).to(getattr(torch, args.dtype))
     eng = Engine(fast, tok, max_rows=32, stop_ids=(), compile=args.compile)
     t = time.perf_counter()
     eng.generate([ids], params(8, 0))  # warm-up: compiles the decode step
     eng.generate([ids, ids[:5]], params(8, 0))
     eng.generate([ids[:7]], params(8, 0))
     res["engine_warmup_s"] = time.perf_counter() - t
+    eng.stats.update({k: 0 for k in eng.stats})  # the per-step figures below are of the measured runs only
     naive(model, ids, 8)  # warm-up
     # everything computes on this (the main) thread: generate() runs the engine's loop in its caller, and the
     # staggered clients below only submit while this thread serves. The two single-stream measurements

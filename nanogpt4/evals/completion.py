@@ -64,7 +64,8 @@ class LocalCompletion:
         """(ids, tokens cut) of a prompt."""
         if is_chat(prompt) and self.chat_template:
             ids = chat.render(self.tok, prompt).ids
-            return ids[max(0, len(ids) - limit):], max(0, len(ids) - limit)
+            cut = max(0, len(ids) - limit)
+            return ids[cut:], cut
         return prompt_ids(self.tok, chat.to_plain_text(prompt) if is_chat(prompt) else prompt, limit)
 
     def __call__(self, prompt, max_tokens=256, temperature=0.0, n=1, stop=None, seed=None, logprobs=False,

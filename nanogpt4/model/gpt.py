@@ -119,13 +119,12 @@ class KVCache:
         self.pos[row] = 0
         self.last_k[:, row] = 0
 
-    def copy_row(self, src, dst, cache=None):
-        """Row dst (of this cache) becomes a copy of row src of `cache` (default: this one)."""
-        cache = cache or self
-        n = int(cache.pos[src])
-        self.k[:, dst, :, :n] = cache.k[:, src, :, :n]
-        self.v[:, dst, :, :n] = cache.v[:, src, :, :n]
-        self.last_k[:, dst] = cache.last_k[:, src]
+    def copy_row(self, src, dst):
+        """Row dst becomes a copy of row src."""
+        n = int(self.pos[src])
+        self.k[:, dst, :, :n] = self.k[:, src, :, :n]
+        self.v[:, dst, :, :n] = self.v[:, src, :, :n]
+        self.last_k[:, dst] = self.last_k[:, src]
         self.pos[dst] = n
 
     def begin(self, T):

@@ -9,6 +9,7 @@ types; unknown fields ignored as OpenAI does, unsupported ones refused by name),
 ones (a closing stop token excluded).
 """
 import asyncio
+import json
 import threading
 import time
 import uuid
@@ -23,7 +24,7 @@ from .. import chat, runs
 from . import keys
 from ..engine import ContextLengthError, Engine, SamplingParams, prompt_ids
 
-MAX_BODY = 8 << 20  # bytes; a larger request is refused with 413 before it is read
+MAX_BODY = 8 << 20  # bytes; a larger request is refused with 413 (see read_json)
 UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "response_format", "logit_bias", "audio",
                "modalities", "prediction", "suffix", "best_of")
 
@@ -166,7 +167,6 @@ async def wait(req):
 
 
 def sse(obj):
-    import json
     return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
 
 
@@ -221,7 +221,6 @@ def create_app(models, served, db=None):
                 break
         if seen > MAX_BODY:
             raise APIError(413, f"Request body too large: the limit is {MAX_BODY} bytes.", code="request_too_large")
-        import json
         try:
             return json.loads(bytes(body).decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:

@@ -15,7 +15,6 @@ deprecation date per snapshot. The models file (YAML):
 A snapshot whose checkpoint no longer has that hash is refused at start (runs.pinned_checkpoint).
 """
 import datetime as dt
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from ..common import UserError
-from ..runs import newest_checkpoint
+from ..runs import checkpoint_id
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 DEFAULT_PRICES = dict(prompt=0.03, completion=0.06)  # GPT-4 8K at launch, USD per 1K tokens
@@ -118,8 +117,7 @@ def load(path):
 
 def for_run(run, alias="nano4", today=None):
     """Models serving one run's newest checkpoint as today's snapshot `nano4-<yyyymmdd>` with alias `nano4`."""
-    ckpt = newest_checkpoint(run)
-    sha = json.loads((Path(ckpt) / "meta.json").read_text())["sha256"]["model.safetensors"]
+    sha = checkpoint_id(run).split(":", 1)[1]
     name = f"{alias}-{(today or dt.date.today()).strftime('%Y%m%d')}"
     return parse({"snapshots": {name: {"run": str(Path(run).resolve()), "checkpoint_sha256": sha}},
                   "aliases": {alias: name}})
