@@ -19,6 +19,12 @@ SPECIALS = ["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>
             "<|reserved_0|>", "<|reserved_1|>", "<|reserved_2|>", "<|reserved_3|>"]
 
 
+def content_digest(body):
+    """sha256 of a tokenizer's content (pattern, specials, ranks as in to_dict): its file's checksum, and what the
+    token shards' freshness is keyed by."""
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
 class TokenizerError(UserError, ValueError):
     pass
 
@@ -43,14 +49,16 @@ class Tokenizer:
         ranks = {bytes(k): v for k, v in bpe.get_mergeable_ranks()}
         return cls(ranks)
 
+    def digest(self):
+        return content_digest(self.to_dict())
+
     def to_dict(self):
         return dict(format="nanogpt4-tokenizer-v1", pattern=self.pattern, specials=SPECIALS,
                     ranks=[base64.b64encode(tok).decode("ascii") for tok, _ in sorted(self.ranks.items(), key=lambda kv: kv[1])])
 
     def save(self, path):
         body = self.to_dict()
-        digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-        atomic_write_json(path, dict(body, sha256=digest))
+        atomic_write_json(path, dict(body, sha256=content_digest(body)))
 
     @classmethod
     def load(cls, path):
@@ -60,7 +68,7 @@ class Tokenizer:
             digest = data.pop("sha256")
         except (OSError, json.JSONDecodeError, KeyError) as e:
             raise TokenizerError(f"{path}: not a nanogpt4 tokenizer file ({e})") from e
-        if hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest() != digest:
+        if content_digest(data) != digest:
             raise TokenizerError(f"{path}: checksum mismatch, the file is corrupt")
         if data.get("specials") != SPECIALS:
             raise TokenizerError(f"{path}: special tokens differ from this version's {SPECIALS}")

@@ -1,6 +1,5 @@
 """Token shards: each corpus split tokenised into a flat uint16 file (memory-mapped for training), every
 document preceded by <|endoftext|>, with meta.json holding counts and sha256s."""
-import hashlib
 import json
 from pathlib import Path
 
@@ -22,11 +21,6 @@ class ShardError(UserError, ValueError):
     pass
 
 
-def tokenizer_digest(tokenizer):
-    """sha256 of the tokenizer's content (pattern, specials, ranks): what its saved file's checksum covers."""
-    return hashlib.sha256(json.dumps(tokenizer.to_dict(), sort_keys=True).encode()).hexdigest()
-
-
 def _fresh(out, meta, tok_sha, corpus_sha):
     if meta.get("tokenizer_digest") != tok_sha or meta.get("corpus_manifest_sha256") != corpus_sha:
         return False
@@ -39,7 +33,7 @@ def build(corpus_dir, tokenizer, out_dir, force=False, batch_docs=2048):
     corpus_dir, out = Path(corpus_dir), Path(out_dir)
     if tokenizer.vocab_size > 65536:
         raise ShardError(f"vocab {tokenizer.vocab_size} does not fit uint16 shards")
-    tok_sha = tokenizer_digest(tokenizer)
+    tok_sha = tokenizer.digest()
     corpus_sha = sha256_file(corpus_dir / "manifest.json")
     meta_path = out / "meta.json"
     if not force and meta_path.exists() and _fresh(out, json.loads(meta_path.read_text()), tok_sha, corpus_sha):
