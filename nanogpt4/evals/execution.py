@@ -142,6 +142,7 @@ assert pid is None, "fork succeeded"
 """
 
 
+@functools.cache  # the same for every program: built once, not per run
 def seccomp_filter(deny_sockets=False):
     """A seccomp program (packed struct sock_filter) that makes creating processes or threads fail with EAGAIN and
     unshare/setns with EPERM and, with deny_sockets, socket() of any family but AF_UNIX with EACCES;
