@@ -15,7 +15,8 @@ STAGES = {  # name: (module, help)
     "eval": ("nanogpt4.evals.run", "run registry evals (openai/evals format) on a model; show records"),
     "report": ("nanogpt4.evals.card", "the eval report card of a run: benchmarks, calibration, contamination"),
     "keys": ("nanogpt4.serve.keys", "API keys of the server: create (shown once), list, revoke"),
-    "serve": ("nanogpt4.serve.api", "the OpenAI-compatible API over the engine (chat/completions, models)"),
+    "usage": ("nanogpt4.serve.usage", "the server's metered usage per key, model and day, with cost"),
+    "serve": ("nanogpt4.serve.api", "the OpenAI-compatible API over the engine, the chat page, /metrics"),
     "run": ("nanogpt4.pipeline", "the main job: every stage in order, then the report"),
 }
 

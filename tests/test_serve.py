@@ -2,8 +2,11 @@
 stop, seeds, logprobs, usage counts, models and snapshots, and OpenAI-shaped errors. The server listens on
 127.0.0.1 only and stops when the module's tests end."""
 import datetime as dt
+import hashlib
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -13,9 +16,9 @@ import openai
 import pytest
 import uvicorn
 
-from nanogpt4 import runs
+from nanogpt4 import chat, runs
 from nanogpt4.cli import main as cli
-from nanogpt4.serve import api, keys, models as M
+from nanogpt4.serve import api, db as state, keys, limits, models as M, monitor, usage
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +28,14 @@ def server(local_run, tmp_path_factory):
                                     "nano4-20250101": {"run": str(local_run), "checkpoint_sha256": sha,
                                                        "deprecated_after": "2025-06-01"}},
                       "aliases": {"nano4": "nano4-20261201"}})
-    db = keys.connect(keys.home(tmp_path_factory.mktemp("home")))
-    key, _ = keys.create(db, "tests")
+    home = state.home(tmp_path_factory.mktemp("home"))
+    db = state.connect(home)
+    key, _ = keys.create(db, "tests", rpm=10_000, tpm=10_000_000)
     revoked, k = keys.create(db, "old")
     keys.revoke(db, k.id)
-    app, served = api.start(models, device="cpu", max_rows=8, db=db)
+    served = api.load(models, device="cpu", max_rows=8)
+    app = api.create_app(models, served, db, moderator=Marker(), chat_cap=limits.ChatCap(2, 1.0),
+                         monitor=monitor.Monitor(Marker(), suspend_rate=0.5, min_requests=4))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -39,11 +45,22 @@ def server(local_run, tmp_path_factory):
     deadline = time.time() + 30
     while not srv.started and time.time() < deadline:
         time.sleep(0.05)
-    yield dict(url=f"http://127.0.0.1:{port}", served=served, key=key, revoked=revoked)
+    yield dict(url=f"http://127.0.0.1:{port}", served=served, key=key, revoked=revoked, db=db, models=models,
+               home=home)
     srv.should_exit = True
     thread.join(10)
     for s in served.values():
         s.close()
+
+
+class Marker:
+    """A stand-in moderation classifier for the monitoring tests: flags any text containing FLAGME."""
+    name = "marker-moderation"
+    CATEGORIES = ("harassment", "violence")
+
+    def classify(self, texts):
+        return [dict(flagged="FLAGME" in t, categories={c: "FLAGME" in t for c in self.CATEGORIES},
+                     category_scores={c: float("FLAGME" in t) for c in self.CATEGORIES}) for t in texts]
 
 
 @pytest.fixture
@@ -184,7 +201,7 @@ def test_a_client_that_leaves_mid_stream_frees_its_rows(client, server):
 def test_a_snapshot_whose_checkpoint_changed_is_refused(local_run):
     models = M.parse({"snapshots": {"nano4-20261201": {"run": str(local_run), "checkpoint_sha256": "0" * 64}}})
     with pytest.raises(runs.RunError, match="no checkpoint has weights with sha256"):
-        api.start(models, device="cpu")
+        api.load(models, device="cpu")
 
 
 def test_models_file_errors(tmp_path):
@@ -224,7 +241,7 @@ def test_keys_cli_shows_a_key_once_and_stores_only_its_hash(tmp_path, capsys):
     cli(["keys", "--home", str(tmp_path), "create", "--name", "alice", "--rpm", "10"])
     key = capsys.readouterr().out.strip().splitlines()[-1]
     assert key.startswith("sk-nano-") and len(key) > 40
-    db = keys.connect(tmp_path)
+    db = state.connect(tmp_path)
     assert keys.check(db, key).name == "alice" and keys.check(db, key + "x") is None
     stored = b"".join(f.read_bytes() for f in tmp_path.glob("nanogpt4.db*"))  # the database and its WAL
     assert keys.digest(key).encode() in stored and key.encode() not in stored  # only its sha256 is stored
@@ -242,7 +259,198 @@ def test_keys_cli_shows_a_key_once_and_stores_only_its_hash(tmp_path, capsys):
 
 def test_home_follows_the_option_then_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("NANOGPT4_HOME", str(tmp_path / "env"))
-    assert keys.home() == tmp_path / "env" and keys.home(tmp_path / "opt") == tmp_path / "opt"
+    assert state.home() == tmp_path / "env" and state.home(tmp_path / "opt") == tmp_path / "opt"
     monkeypatch.delenv("NANOGPT4_HOME")
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
-    assert keys.home() == tmp_path / "xdg" / "nanogpt4"
+    assert state.home() == tmp_path / "xdg" / "nanogpt4"
+
+
+# ----------------------------------------------------------------------------- limits, usage, monitoring, metrics
+
+def new_key(server, **limits_):
+    key, k = keys.create(server["db"], "t", **limits_)
+    return openai.OpenAI(base_url=server["url"] + "/v1", api_key=key, timeout=30, max_retries=0), k
+
+
+def test_requests_per_minute_limit_and_headers(server):
+    c, _ = new_key(server, rpm=3, tpm=1_000_000)
+    r = c.chat.completions.with_raw_response.create(model="nano4", messages=MSGS, max_tokens=2)
+    charged = len(chat.render(tok(server), MSGS).ids) + 2
+    assert r.headers["x-ratelimit-limit-requests"] == "3" and r.headers["x-ratelimit-remaining-requests"] == "2"
+    assert r.headers["x-ratelimit-limit-tokens"] == "1000000"
+    assert r.headers["x-ratelimit-remaining-tokens"] == str(1_000_000 - charged)  # max_tokens counted up front
+    assert r.headers["x-ratelimit-reset-requests"].endswith("s") and r.parse().choices
+    for _ in range(2):
+        c.chat.completions.create(model="nano4", messages=MSGS, max_tokens=2)
+    with pytest.raises(openai.RateLimitError) as e:
+        c.chat.completions.create(model="nano4", messages=MSGS, max_tokens=2)
+    h = e.value.response.headers
+    assert e.value.status_code == 429 and e.value.body["type"] == "requests"
+    assert e.value.body["code"] == "rate_limit_exceeded" and "(RPM): Limit 3" in e.value.body["message"]
+    assert 1 <= int(h["retry-after"]) <= 20 and h["x-ratelimit-remaining-requests"] == "0"
+
+
+def test_tokens_per_minute_counts_max_tokens_up_front(server):
+    prompt = len(chat.render(tok(server), MSGS).ids)
+    c, _ = new_key(server, rpm=100, tpm=prompt + 10)
+    with pytest.raises(openai.RateLimitError) as e:  # can never fit: refused, nothing charged
+        c.chat.completions.create(model="nano4", messages=MSGS, max_tokens=11)
+    assert e.value.body["type"] == "tokens" and "Request too large" in e.value.body["message"]
+    c.chat.completions.create(model="nano4", messages=MSGS, max_tokens=10, stop=["e"])  # charged 10, may use fewer
+    with pytest.raises(openai.RateLimitError) as e:
+        c.chat.completions.create(model="nano4", messages=MSGS, max_tokens=10)
+    assert e.value.body["type"] == "tokens" and "(TPM)" in e.value.body["message"]
+    assert int(e.value.response.headers["retry-after"]) >= 1
+
+
+def test_usage_is_metered_per_key_model_and_day(server, capsys):
+    c, k = new_key(server)
+    seen = [c.chat.completions.create(model="nano4", messages=MSGS, max_tokens=6, n=2, seed=i).usage
+            for i in range(2)]
+    seen.append(c.completions.create(model="nano4", prompt="The cat", max_tokens=4).usage)
+    chunks = list(c.chat.completions.create(model="nano4", messages=MSGS, max_tokens=5, stream=True,
+                                            stream_options={"include_usage": True}))
+    seen.append(chunks[-1].usage)
+    # committed before the stream's last chunks: there the moment the client has read [DONE]
+    assert server["db"].execute("SELECT COUNT(*) FROM usage WHERE request_id = ?", (chunks[0].id,)).fetchone()[0] == 1
+    [(key_id, name, model, day, n, p, c_, cost)] = usage.summary(server["db"], key_id=k.id)
+    assert (key_id, model, n) == (k.id, "nano4-20261201", 4) and day == dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
+    assert p == sum(u.prompt_tokens for u in seen) and c_ == sum(u.completion_tokens for u in seen)
+    assert cost == pytest.approx((p * 0.03 + c_ * 0.06) / 1000)
+    cli(["usage", "--home", str(server["home"]), "--key", str(k.id)])
+    out = capsys.readouterr().out
+    assert "nano4-20261201" in out and f"{p:,}" in out and "total" in out
+    with pytest.raises(Exception, match="not a date"):
+        cli(["usage", "--home", str(server["home"]), "--since", "yesterday"])
+
+
+def test_abuse_monitoring_records_flags_and_suspends_a_key(server):
+    c, k = new_key(server)
+    bad = [{"role": "user", "content": "FLAGME now"}]
+    for messages in (MSGS, MSGS, bad, bad):  # 2 of 4 flagged: the threshold (0.5 of at least 4 requests)
+        c.chat.completions.create(model="nano4", messages=messages, max_tokens=2)
+    with pytest.raises(openai.PermissionDeniedError) as e:
+        c.chat.completions.create(model="nano4", messages=MSGS, max_tokens=2)
+    assert e.value.body["code"] == "key_suspended" and "2 of 4 requests flagged" in e.value.body["message"]
+    rows = server["db"].execute("SELECT direction, sha256, categories, text FROM flagged WHERE key_id = ?",
+                                (k.id,)).fetchall()
+    assert rows == [("request", hashlib.sha256(b"FLAGME now").hexdigest(), "harassment,violence", None)] * 2
+    keys.reinstate(server["db"], k.id)
+    assert c.chat.completions.create(model="nano4", messages=MSGS, max_tokens=2).choices
+
+
+def test_moderations_endpoint(client):
+    r = client.moderations.create(input=["a calm sentence", "FLAGME"])
+    assert r.model == "marker-moderation" and r.id.startswith("modr-")
+    assert [x.flagged for x in r.results] == [False, True] and r.results[1].categories.violence
+    with pytest.raises(openai.BadRequestError) as e:
+        client.moderations.create(input=[])
+    assert e.value.body["param"] == "input"
+
+
+def test_chat_page_cap_counts_only_the_pages_messages(server):
+    c, _ = new_key(server)
+    page = {"X-Nanogpt4-Client": "chat-page"}
+    for _ in range(2):
+        c.chat.completions.create(model="nano4", messages=MSGS, max_tokens=2, extra_headers=page)
+    with pytest.raises(openai.RateLimitError) as e:
+        c.chat.completions.create(model="nano4", messages=MSGS, max_tokens=2, extra_headers=page)
+    assert e.value.body["code"] == "usage_cap_reached" and "2 messages every 1 hours" in e.value.body["message"]
+    assert c.chat.completions.create(model="nano4", messages=MSGS, max_tokens=2).choices  # the API is not capped
+
+
+def test_metrics_and_health(server, client):
+    client.chat.completions.create(model="nano4", messages=MSGS, max_tokens=3)
+    with urllib.request.urlopen(server["url"] + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    assert 'nanogpt4_requests_total{endpoint="/v1/chat/completions",status="200"}' in text
+    assert 'nanogpt4_queue_depth{model="nano4-20261201"} 0.0' in text and "nanogpt4_batch_size{" in text
+    assert 'nanogpt4_tokens_total{kind="completion",model="nano4-20261201"}' in text
+    assert "nanogpt4_request_seconds_bucket{" in text and "nanogpt4_time_to_first_token_seconds_count{" in text
+    assert 'nanogpt4_decode_steps_total{model="nano4-20261201"}' in text
+    with urllib.request.urlopen(server["url"] + "/health", timeout=10) as r:
+        health = json.loads(r.read())
+    assert health["auth"] is True and health["chat_cap"] == {"messages": 2, "hours": 1.0}
+
+
+def test_overload_gets_503(server):
+    from fastapi.testclient import TestClient
+    app = api.create_app(server["models"], server["served"], server["db"], auth=False, max_queue=0)
+    with TestClient(app) as tc:
+        r = tc.post("/v1/chat/completions", json=dict(model="nano4", messages=MSGS, max_tokens=2))
+    assert r.status_code == 503 and r.json()["error"]["code"] == "overloaded" and r.headers["retry-after"] == "1"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(run, home, port):
+    proc = subprocess.Popen([sys.executable, "-m", "nanogpt4.cli", "serve", "--run", str(run), "--home", str(home),
+                             "--port", str(port), "--no-moderation", "--max-rows", "8"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+            return proc
+        except OSError:
+            assert proc.poll() is None, "the server exited"
+            time.sleep(0.2)
+    proc.kill()
+    raise TimeoutError("server did not start")
+
+
+@pytest.mark.slow
+def test_sigkill_mid_traffic_loses_no_completed_usage(local_run, tmp_path):
+    home = tmp_path / "home"
+    db = state.connect(state.home(home))
+    key, _ = keys.create(db, "load", rpm=100_000, tpm=100_000_000)
+    port = free_port()
+    proc = start_server(local_run, home, port)
+    c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, timeout=20, max_retries=0)
+    done, lock, stop = {}, threading.Lock(), threading.Event()
+
+    def worker(i):
+        while not stop.is_set():
+            try:
+                if i % 2:
+                    r = c.chat.completions.create(model="nano4", messages=MSGS, max_tokens=20, seed=i)
+                    rid, u = r.id, r.usage
+                else:
+                    chunks = list(c.chat.completions.create(model="nano4", messages=MSGS, max_tokens=20, stream=True,
+                                                            stream_options={"include_usage": True}))
+                    rid, u = chunks[0].id, chunks[-1].usage
+            except Exception:  # noqa: BLE001 — the server was killed under us
+                return
+            with lock:
+                done[rid] = (u.prompt_tokens, u.completion_tokens)
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(6)]
+    for t in threads:
+        t.start()
+    deadline = time.time() + 60
+    while len(done) < 30 and time.time() < deadline:
+        time.sleep(0.01)
+    proc.kill()  # SIGKILL, requests in flight
+    proc.wait(10)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    with lock:
+        completed = dict(done)
+    assert len(completed) >= 30
+    db = state.connect(home)
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    rows = dict((r[0], (r[1], r[2])) for r in db.execute("SELECT request_id, prompt_tokens, completion_tokens FROM usage"))
+    assert {rid: rows.get(rid) for rid in completed} == completed  # every completed request, exactly as answered
+    proc = start_server(local_run, home, port)  # restarts on the same database and meters on
+    try:
+        before = db.execute("SELECT COUNT(*) FROM usage").fetchone()[0]
+        c.chat.completions.create(model="nano4", messages=MSGS, max_tokens=2)
+        assert db.execute("SELECT COUNT(*) FROM usage").fetchone()[0] == before + 1
+    finally:
+        proc.terminate()
+        proc.wait(20)

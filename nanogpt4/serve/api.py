@@ -1,5 +1,6 @@
 """The OpenAI-compatible API over the engine (FastAPI): `POST /v1/chat/completions` (plain and SSE streaming),
-`POST /v1/completions`, `GET /v1/models`, `GET /v1/models/{id}`, `GET /health`.
+`POST /v1/completions`, `POST /v1/moderations`, `GET /v1/models`, `GET /v1/models/{id}`, `GET /health`,
+`GET /metrics` (Prometheus), and the chat page at `/` (files in serve/web/).
 
 Each served snapshot has its own engine, loaded and run on one thread of its own (all of a model's compute on
 the thread that loaded it: the fast path on CPU, NOTES.md). Requests are validated into pydantic models (strict
@@ -7,32 +8,45 @@ types; unknown fields ignored as OpenAI does, unsupported ones refused by name),
 (chat.py), checked against the context before any work, and every error has OpenAI's body
 `{"error": {"message", "type", "param", "code"}}` and status. Usage counts the prompt's tokens and the sampled
 ones (a closing stop token excluded).
+
+A generation request passes, in order: its key (401 missing/bad, 403 revoked or suspended; keys.py), its body
+(413, 400), its model (404), the context (400 `context_length_exceeded`), the chat page's message cap and the
+key's RPM/TPM (429 with `retry-after` and the `x-ratelimit-*` headers; limits.py), the queue bound (503), and
+runs. Once it has run, one transaction records its usage (usage.py) and any text the moderation classifier flags
+(monitor.py, which may suspend the key), before the response completes.
 """
 import asyncio
 import json
 import threading
 import time
 import uuid
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Union
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 
 from .. import chat, runs
-from . import keys
-from ..engine import ContextLengthError, Engine, SamplingParams, prompt_ids
+from . import db as state, keys, limits, metrics, usage
+from ..engine import Cancelled, ContextLengthError, Engine, SamplingParams, prompt_ids
 
 MAX_BODY = 8 << 20  # bytes; a larger request is refused with 413 (see read_json)
+MAX_MODERATION_INPUTS = 256
+CHAT_PAGE = "chat-page"  # the X-Nanogpt4-Client header of the chat page's requests: they count against its cap
+WEB = Path(__file__).parent / "web"
 UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "response_format", "logit_bias", "audio",
                "modalities", "prediction", "suffix", "best_of")
 
 
 class APIError(Exception):
-    def __init__(self, status, message, type_="invalid_request_error", param=None, code=None):
+    def __init__(self, status, message, type_="invalid_request_error", param=None, code=None, headers=None):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+        self.headers = headers
 
 
 def error_body(message, type_="invalid_request_error", param=None, code=None):
@@ -71,8 +85,14 @@ class CompletionRequest(Sampling):
     echo: bool = False
 
 
+class ModerationRequest(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    input: Union[str, list[str]]
+    model: Optional[str] = None
+
+
 def parse(cls, body):
-    """A validated request, or the APIError OpenAI would give for it."""
+    """A validated request and its stop strings, or the APIError OpenAI would give for it."""
     if not isinstance(body, dict):
         raise APIError(400, "The request body must be a JSON object.")
     for name in UNSUPPORTED:
@@ -84,11 +104,12 @@ def parse(cls, body):
         err = e.errors()[0]
         param = ".".join(str(x) for x in err["loc"]) or None
         raise APIError(400, f"Invalid value for '{param}': {err['msg']}.", param=param, code="invalid_value") from None
-    stops = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
+    stop = getattr(req, "stop", None)
+    stops = [stop] if isinstance(stop, str) else (stop or [])
     if len(stops) > 4 or any(not s for s in stops):
         raise APIError(400, "'stop' takes up to 4 non-empty strings.", param="stop")
     for name in ("presence_penalty", "frequency_penalty"):
-        if getattr(req, name):
+        if getattr(req, name, 0):
             raise APIError(400, f"'{name}' other than 0 is not supported by this server.", param=name,
                            code="unsupported_parameter")
     return req, stops
@@ -152,18 +173,9 @@ def completion_tokens(out, stop_ids):
     return sum(sum(t not in stop_ids for t in c.token_ids) for c in out.choices)
 
 
-def usage(out, stop_ids):
+def usage_of(out, stop_ids):
     n = completion_tokens(out, stop_ids)
     return {"prompt_tokens": out.prompt_tokens, "completion_tokens": n, "total_tokens": out.prompt_tokens + n}
-
-
-async def wait(req):
-    """The Output of an engine request, waited for off the event loop; a client that leaves cancels it."""
-    try:
-        return await asyncio.to_thread(req.result)
-    except asyncio.CancelledError:
-        req.cancel()
-        raise
 
 
 def sse(obj):
@@ -172,30 +184,59 @@ def sse(obj):
 
 # ----------------------------------------------------------------------------- the app
 
-def create_app(models, served, db=None):
-    """The FastAPI app for `models` (serve.models.Models) whose snapshots are loaded in `served` (name → Served).
-    With `db` (serve.keys.connect) every /v1 request needs a valid, unrevoked key; without, the server is open."""
+@dataclass
+class Call:
+    """One generation request, for metering: who asked, from where, which snapshot, and its input text."""
+    id: str
+    key: Optional[keys.Key]
+    user: str  # whom the chat page's cap counts
+    client: str  # "api" or CHAT_PAGE
+    served: "Served"
+    text: str  # the input, for moderation
+    capped: bool = False  # holds a slot of the chat page's cap until metered
+    metered: bool = False
+
+
+def input_text(messages):
+    """The text a chat request sends (system and user turns), as moderation reads it."""
+    return "\n".join(chat.text_of(m["content"]) for m in messages if m["role"] in ("system", "user"))
+
+
+def create_app(models, served, db, auth=True, moderator=None, monitor=None, chat_cap=None, max_queue=256):
+    """The FastAPI app for `models` (serve.models.Models) whose snapshots are loaded in `served` (name → Served),
+    keeping its state in `db` (serve.db.connect). With `auth` every /v1 request needs a valid key. `moderator`
+    (serve.moderation) answers /v1/moderations and `monitor` (serve.monitor) reviews every generation;
+    `chat_cap` (limits.ChatCap) caps the chat page's messages per user; at `max_queue` requests waiting for an
+    engine, more get 503."""
     app = FastAPI(title="nanogpt4", docs_url=None, redoc_url=None, openapi_url=None)
-    db_lock = threading.Lock()  # one sqlite connection, used from the server's threads
+    limiter, meters = limits.Limiter(), metrics.Metrics(served)
+    chat_cap = chat_cap or limits.ChatCap(0)
+    app.add_middleware(metrics.Observe, metrics=meters)
 
     def authorize(request):
-        if db is None:
+        if not auth:
             return None
-        auth = request.headers.get("authorization", "")
-        if not auth.startswith("Bearer ") or not auth[7:].strip():
+        header = request.headers.get("authorization", "")
+        if not header.startswith("Bearer ") or not header[7:].strip():
             raise APIError(401, "You didn't provide an API key. Provide it in an Authorization header "
                                 "(Authorization: Bearer YOUR_KEY).", code="missing_api_key")
-        with db_lock:
-            key = keys.check(db, auth[7:].strip())
+        key = keys.check(db, header[7:].strip())
         if key is None:
             raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
         if key.revoked:
             raise APIError(403, "This API key has been revoked.", code="revoked_api_key")
+        if key.suspended:
+            raise APIError(403, f"This API key has been suspended by abuse monitoring ({key.suspended_reason}). "
+                                f"Contact the server's operator.", code="key_suspended")
         return key
 
     @app.exception_handler(APIError)
     async def api_error(request, e):
-        return JSONResponse(error_body(e.message, e.type, e.param, e.code), status_code=e.status)
+        return JSONResponse(error_body(e.message, e.type, e.param, e.code), status_code=e.status, headers=e.headers)
+
+    @app.exception_handler(limits.RateLimited)
+    async def rate_limited(request, e):
+        return JSONResponse(error_body(e.message, e.type, None, e.code), status_code=429, headers=e.headers)
 
     @app.exception_handler(HTTPException)
     async def http_error(request, e):
@@ -235,20 +276,75 @@ def create_app(models, served, db=None):
                                 f"use a newer snapshot (GET /v1/models).", param="model", code="model_deprecated")
         return served[snap.name]
 
-    def submit(s, ids, req, stops, param, **extra):
+    async def admit(request, key, s, ids, req, stops, param, text, **extra):
+        """Check, charge and submit a generation; returns (engine request, Call, rate-limit headers)."""
         room = req.max_tokens or getattr(req, "max_completion_tokens", None)
         params = SamplingParams(max_tokens=room, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
                                 stop=tuple(stops), seed=req.seed, n=req.n, **extra)
         try:
-            return s.engine.submit(ids, params)
+            s.engine.check(ids, params)
         except ContextLengthError as e:
             raise APIError(400, str(e), param=param, code="context_length_exceeded") from None
         except ValueError as e:
             raise APIError(400, str(e), param=param) from None
+        client = CHAT_PAGE if request.headers.get("x-nanogpt4-client") == CHAT_PAGE else "api"
+        call = Call(f"chatcmpl-{uuid.uuid4().hex}", key, str(key.id) if key else request.client.host, client, s, text)
+        if client == CHAT_PAGE:
+            await asyncio.to_thread(chat_cap.admit, db, call.user)
+            call.capped = True
+        try:
+            tokens = len(ids) + (room or s.engine.n_ctx - len(ids)) * req.n  # max_tokens counts up front
+            headers = limiter.take(key, tokens, s.snapshot.name) if key else {}
+            if len(s.engine.pending) >= max_queue:
+                raise APIError(503, "The server is overloaded with requests; please retry shortly.", "server_error",
+                               code="overloaded", headers={"retry-after": "1"})
+            try:
+                return s.engine.submit(ids, params), call, headers
+            except RuntimeError:  # the engine is closing
+                raise APIError(503, "The model is shutting down; please retry.", "server_error") from None
+        except BaseException:
+            if call.capped:
+                chat_cap.done(call.user)
+            raise
+
+    def meter(call, eng):
+        """Once per request, when it has ended (or been abandoned): its usage row and what moderation flags, in
+        one transaction; then its cap slot is released and the metrics counted."""
+        if call.metered:
+            return
+        call.metered = True
+        s, out = call.served, eng.out
+        n = completion_tokens(out, s.engine.stop_ids)
+        finish = "error" if eng.error is not None and not isinstance(eng.error, Cancelled) else \
+            "cancelled" if eng.cancelled else (out.choices[0].finish_reason or "cancelled")
+        try:
+            flagged = monitor.review(call.text, [c.text for c in out.choices]) if monitor else []
+            key_id = call.key.id if call.key else None
+            with db.transaction():
+                usage.record(db, call.id, key_id, call.user, call.client, s.snapshot, out.prompt_tokens, n, finish)
+                if monitor:
+                    monitor.record(db, call.id, key_id, flagged)
+        finally:
+            if call.capped:
+                chat_cap.done(call.user)
+        times = out.choices[0].times
+        meters.generation(s.snapshot.name, out.prompt_tokens, n, times[0] - eng.submitted if times else None)
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "models": sorted(served)}
+        return {"status": "ok", "models": sorted(served), "auth": auth,
+                "chat_cap": {"messages": chat_cap.messages, "hours": chat_cap.seconds / 3600}}
+
+    @app.get("/metrics")
+    async def prometheus():
+        body, kind = meters.text()
+        return Response(body, media_type=kind)
+
+    @app.get("/")
+    async def page():
+        return FileResponse(WEB / "index.html")
+
+    app.mount("/web", StaticFiles(directory=WEB, check_dir=False), name="web")
 
     @app.get("/v1/models")
     async def list_models(request: Request):
@@ -263,9 +359,23 @@ def create_app(models, served, db=None):
         lookup(name)
         return model_card(models.resolve(name), name)
 
+    @app.post("/v1/moderations")
+    async def moderations(request: Request):
+        key = authorize(request)
+        req, _ = parse(ModerationRequest, await read_json(request))
+        texts = [req.input] if isinstance(req.input, str) else req.input
+        if not texts or len(texts) > MAX_MODERATION_INPUTS:
+            raise APIError(400, f"'input' takes 1 to {MAX_MODERATION_INPUTS} strings.", param="input")
+        if moderator is None:
+            raise APIError(503, "Moderation is not enabled on this server.", "server_error")
+        headers = limiter.take(key, 0, moderator.name) if key else {}
+        results = await asyncio.to_thread(moderator.classify, texts)
+        return JSONResponse({"id": f"modr-{uuid.uuid4().hex}", "model": moderator.name, "results": results},
+                            headers=headers)
+
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        authorize(request)
+        key = authorize(request)
         req, stops = parse(ChatRequest, await read_json(request))
         s = lookup(req.model)
         try:
@@ -279,22 +389,23 @@ def create_app(models, served, db=None):
         if req.stream and req.logprobs:
             raise APIError(400, "logprobs with stream is not supported by this server yet.", param="logprobs")
         ids = chat.render(s.tok, req.messages).ids
-        eng = submit(s, ids, req, stops, "messages", top_logprobs=req.top_logprobs or 0)
-        rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        head = dict(id=rid, created=created, model=s.snapshot.name, system_fingerprint=s.fingerprint)
-        if not req.stream:
-            out = await wait(eng)
-            choices = [dict(index=c.index, message=dict(role="assistant", content=c.text),
-                            logprobs=chat_logprobs(s.tok, c, s.engine.stop_ids) if req.logprobs else None,
-                            finish_reason=c.finish_reason) for c in out.choices]
-            return dict(head, object="chat.completion", choices=choices, usage=usage(out, s.engine.stop_ids))
-        include_usage = bool((req.stream_options or {}).get("include_usage"))
-        return StreamingResponse(stream(eng, head, "chat.completion.chunk", include_usage, s),
-                                 media_type="text/event-stream")
+        eng, call, headers = await admit(request, key, s, ids, req, stops, "messages", input_text(req.messages),
+                                         top_logprobs=req.top_logprobs or 0)
+        head = dict(id=call.id, created=int(time.time()), model=s.snapshot.name, system_fingerprint=s.fingerprint)
+        if req.stream:
+            include_usage = bool((req.stream_options or {}).get("include_usage"))
+            return StreamingResponse(stream(eng, call, head, "chat.completion.chunk", include_usage),
+                                     media_type="text/event-stream", headers=headers)
+        out = await finished(eng, call)
+        choices = [dict(index=c.index, message=dict(role="assistant", content=c.text),
+                        logprobs=chat_logprobs(s.tok, c, s.engine.stop_ids) if req.logprobs else None,
+                        finish_reason=c.finish_reason) for c in out.choices]
+        return JSONResponse(dict(head, object="chat.completion", choices=choices, usage=usage_of(out, s.engine.stop_ids)),
+                            headers=headers)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        authorize(request)
+        key = authorize(request)
         req, stops = parse(CompletionRequest, await read_json(request))
         s = lookup(req.model)
         prompt = req.prompt
@@ -307,31 +418,40 @@ def create_app(models, served, db=None):
         if req.stream and req.logprobs:
             raise APIError(400, "logprobs with stream is not supported by this server yet.", param="logprobs")
         ids, _ = prompt_ids(s.tok, prompt)
-        eng = submit(s, ids, req, stops, "prompt", top_logprobs=req.logprobs or 0)
-        head = dict(id=f"cmpl-{uuid.uuid4().hex}", created=int(time.time()), model=s.snapshot.name,
-                    system_fingerprint=s.fingerprint)
+        eng, call, headers = await admit(request, key, s, ids, req, stops, "prompt", prompt,
+                                         top_logprobs=req.logprobs or 0)
+        call.id = "cmpl-" + call.id.split("-", 1)[1]
+        head = dict(id=call.id, created=int(time.time()), model=s.snapshot.name, system_fingerprint=s.fingerprint)
         if req.stream:
             include_usage = bool((req.stream_options or {}).get("include_usage"))
-            return StreamingResponse(stream(eng, head, "text_completion", include_usage, s),
-                                     media_type="text/event-stream")
-        out = await wait(eng)
-        choices = []
-        for c in out.choices:
-            lp = None
-            if req.logprobs is not None:
-                keep = [i for i, t in enumerate(c.token_ids) if t not in s.engine.stop_ids]
-                toks = [s.tok.enc.decode_single_token_bytes(c.token_ids[i]).decode("utf-8", "replace") for i in keep]
-                offsets = [sum(map(len, toks[:i])) for i in range(len(toks))]
-                top = [{s.tok.decode([a]): b for a, b in c.top_logprobs[i].items()} if c.top_logprobs else None
-                       for i in keep]
-                lp = dict(tokens=toks, token_logprobs=[c.logprobs[i] for i in keep], top_logprobs=top,
-                          text_offset=offsets)
-            choices.append(dict(index=c.index, text=c.text, logprobs=lp, finish_reason=c.finish_reason))
-        return dict(head, object="text_completion", choices=choices, usage=usage(out, s.engine.stop_ids))
+            return StreamingResponse(stream(eng, call, head, "text_completion", include_usage),
+                                     media_type="text/event-stream", headers=headers)
+        out = await finished(eng, call)
+        choices = [dict(index=c.index, text=c.text, finish_reason=c.finish_reason,
+                        logprobs=completion_logprobs(s, c) if req.logprobs is not None else None)
+                   for c in out.choices]
+        return JSONResponse(dict(head, object="text_completion", choices=choices, usage=usage_of(out, s.engine.stop_ids)),
+                            headers=headers)
 
-    async def stream(eng, head, kind, include_usage, s):
+    async def finished(eng, call):
+        """The Output of an engine request, waited for off the event loop and metered before it is returned; a
+        client that leaves cancels it."""
+        try:
+            out = await asyncio.to_thread(eng.result)
+        except asyncio.CancelledError:
+            eng.cancel()
+            meter(call, eng)
+            raise
+        except BaseException:
+            await asyncio.to_thread(meter, call, eng)
+            raise
+        await asyncio.to_thread(meter, call, eng)
+        return out
+
+    async def stream(eng, call, head, kind, include_usage):
         """SSE chunks: (chat) a role delta per choice first, then text deltas as they become final, one chunk per
-        choice with its finish_reason, the usage chunk if asked, then [DONE]. A client that leaves cancels."""
+        choice with its finish_reason, the usage chunk if asked, then [DONE]; the usage is committed before
+        those last two. A client that leaves cancels, and what was generated for it is metered."""
         is_chat = kind == "chat.completion.chunk"
 
         def chunk(index, text=None, finish=None, role=False):
@@ -349,25 +469,37 @@ def create_app(models, served, db=None):
             while (item := await asyncio.to_thread(eng.stream.get)) is not None:
                 yield chunk(item[0], item[1])
             if eng.error is not None:
+                await asyncio.to_thread(meter, call, eng)
                 yield sse(error_body("The server had an error while processing your request.", "server_error"))
                 return
             for c in eng.out.choices:
                 yield chunk(c.index, finish=c.finish_reason)
+            await asyncio.to_thread(meter, call, eng)
             if include_usage:
-                yield sse(dict(head, object=kind, choices=[], usage=usage(eng.out, s.engine.stop_ids)))
+                yield sse(dict(head, object=kind, choices=[], usage=usage_of(eng.out, call.served.engine.stop_ids)))
             yield "data: [DONE]\n\n"
         finally:
             if not eng.done.is_set():
                 eng.cancel()
+            meter(call, eng)  # the client left first: meter what it was sent (a no-op when metered above)
 
     return app
+
+
+def completion_logprobs(s, c):
+    """The text-completions logprobs object of one choice (stop tokens left out)."""
+    keep = [i for i, t in enumerate(c.token_ids) if t not in s.engine.stop_ids]
+    toks = [s.tok.enc.decode_single_token_bytes(c.token_ids[i]).decode("utf-8", "replace") for i in keep]
+    offsets = [sum(map(len, toks[:i])) for i in range(len(toks))]
+    top = [{s.tok.decode([a]): b for a, b in c.top_logprobs[i].items()} if c.top_logprobs else None for i in keep]
+    return dict(tokens=toks, token_logprobs=[c.logprobs[i] for i in keep], top_logprobs=top, text_offset=offsets)
 
 
 # ----------------------------------------------------------------------------- CLI
 
 def add_args(p):
-    p.add_argument("--home", default=None, help="server state directory, shared with `nanogpt4 keys` (default: "
-                                                "$NANOGPT4_HOME or ~/.local/share/nanogpt4)")
+    p.add_argument("--home", default=None, help="server state directory, shared with `nanogpt4 keys` and `nanogpt4 "
+                                                "usage` (default: $NANOGPT4_HOME or ~/.local/share/nanogpt4)")
     p.add_argument("--no-auth", action="store_true", help="serve without API keys (local development only)")
     p.add_argument("--models", default=None, help="models file (YAML: snapshots, aliases; see serve/models.py)")
     p.add_argument("--run", default="runs/default/pretrain",
@@ -376,27 +508,43 @@ def add_args(p):
     p.add_argument("--port", type=int, default=8000, help="port to listen on")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, … (default: cuda when present)")
     p.add_argument("--compile", action="store_true", help="compile the engines' decode and prefill (bf16 on CPU)")
-    p.add_argument("--max-rows", type=int, default=32, help="sequences each engine decodes together")
+    p.add_argument("--max-rows", type=int, default=32, help="sequences each engine decodes together (1: no "
+                                                            "continuous batching, one request at a time)")
+    p.add_argument("--max-queue", type=int, default=256, help="requests waiting per model before new ones get 503")
+    p.add_argument("--chat-cap", type=int, default=100, help="chat page: messages per user per window (0: no cap; "
+                                                             "ChatGPT Plus had 100 every 4 hours at GPT-4's launch)")
+    p.add_argument("--chat-cap-hours", type=float, default=4.0, help="chat page: the cap's window in hours")
+    p.add_argument("--no-moderation", action="store_true", help="no /v1/moderations and no abuse monitoring")
+    p.add_argument("--keep-flagged-text", action="store_true", help="abuse monitoring keeps flagged texts, not "
+                                                                    "only their sha256 and categories")
+    p.add_argument("--suspend-flagged-rate", type=float, default=0.5,
+                   help="suspend a key when this share of its requests in a day is flagged (0: never)")
+    p.add_argument("--suspend-min-requests", type=int, default=20, help="… once it has made this many")
 
 
-def start(models, device=None, compile=False, max_rows=32, db=None):
-    """Load every snapshot (refusing one whose checkpoint hash changed) and return (app, served)."""
+def load(models, device=None, compile=False, max_rows=32):
+    """Load every snapshot, each on its own thread (refusing one whose checkpoint hash changed): name → Served."""
     import torch
     dtype = torch.bfloat16 if compile else None
-    served = {name: Served(snap, device, dtype, compile, max_rows) for name, snap in models.snapshots.items()}
-    return create_app(models, served, db), served
+    return {name: Served(snap, device, dtype, compile, max_rows) for name, snap in models.snapshots.items()}
 
 
 def main(args):
     import uvicorn
-    from . import models as M
-    models = M.load(args.models) if args.models else M.for_run(args.run)
-    db = None if args.no_auth else keys.connect(keys.home(args.home))
-    if db is not None and not keys.all_keys(db):
-        print(f"no API keys yet in {keys.home(args.home)}: make one with `nanogpt4 keys create` (or --no-auth)")
-    app, served = start(models, args.device, args.compile, args.max_rows, db)
-    print(f"serving {', '.join(models.names())} on http://{args.host}:{args.port}/v1"
-          + (" (no API keys: --no-auth)" if db is None else ""), flush=True)
+    from . import models as snapshots, moderation, monitor
+    models = snapshots.load(args.models) if args.models else snapshots.for_run(args.run)
+    home = state.home(args.home)
+    db = state.connect(home)
+    if not args.no_auth and not keys.all_keys(db):
+        print(f"no API keys yet in {home}: make one with `nanogpt4 keys create` (or --no-auth)")
+    moderator = None if args.no_moderation else moderation.load()
+    watch = moderator and monitor.Monitor(moderator, args.keep_flagged_text, args.suspend_flagged_rate,
+                                          args.suspend_min_requests)
+    served = load(models, args.device, args.compile, args.max_rows)
+    app = create_app(models, served, db, not args.no_auth, moderator, watch,
+                     limits.ChatCap(args.chat_cap, args.chat_cap_hours), args.max_queue)
+    print(f"serving {', '.join(models.names())} on http://{args.host}:{args.port}/v1 (chat page: "
+          f"http://{args.host}:{args.port}/)" + (" (no API keys: --no-auth)" if args.no_auth else ""), flush=True)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     finally:

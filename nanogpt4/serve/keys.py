@@ -1,57 +1,24 @@
-"""API keys and where the server's state lives.
+"""API keys: `nanogpt4 keys create|list|revoke|reinstate`, in the server's state database (serve/db.py).
 
-`home()` is the one place for the server's state (the SQLite database): `--home DIR`, else $NANOGPT4_HOME, else
-$XDG_DATA_HOME/nanogpt4 (~/.local/share/nanogpt4). `nanogpt4 keys create|list|revoke` and `nanogpt4 serve` agree
-on it. A key is shown once, when it is created; the database keeps only its sha256, and a presented key is found
+A key is shown once, when it is created; the database keeps only its sha256, and a presented key is found
 by its hash and compared in constant time. Each key carries its own requests-per-minute and tokens-per-minute
-limits (the launch's 200 RPM / 40,000 TPM by default).
+limits (the launch's 200 RPM / 40,000 TPM by default). A revoked key is refused for good; a suspended one
+(by abuse monitoring, serve/monitor.py) until an operator reinstates it.
 """
 import hashlib
 import hmac
-import os
 import secrets
-import sqlite3
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..common import UserError
+from . import db as state
 
 DEFAULT_RPM, DEFAULT_TPM = 200, 40_000  # GPT-4's limits at launch
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS keys (
-    id INTEGER PRIMARY KEY,
-    prefix TEXT NOT NULL,
-    sha256 TEXT NOT NULL UNIQUE,
-    name TEXT NOT NULL,
-    created REAL NOT NULL,
-    revoked REAL,
-    rpm INTEGER NOT NULL,
-    tpm INTEGER NOT NULL
-);
-"""
 
 
 class KeysError(UserError, ValueError):
     pass
-
-
-def home(path=None):
-    """The server's state directory (created if missing)."""
-    base = path or os.environ.get("NANOGPT4_HOME") or \
-        Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "nanogpt4"
-    base = Path(base)
-    base.mkdir(parents=True, exist_ok=True)
-    return base
-
-
-def connect(home_dir):
-    """The state database: SQLite in WAL mode, the schema created if missing."""
-    db = sqlite3.connect(Path(home_dir) / "nanogpt4.db", timeout=30, isolation_level=None, check_same_thread=False)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")  # a committed row survives a crash of the process or the machine
-    db.executescript(SCHEMA)
-    return db
 
 
 def digest(key):
@@ -67,13 +34,15 @@ class Key:
     revoked: float
     rpm: int
     tpm: int
+    suspended: float = None
+    suspended_reason: str = None
 
 
 def _key(row):
     return Key(*row)
 
 
-COLUMNS = "id, prefix, name, created, revoked, rpm, tpm"
+COLUMNS = "id, prefix, name, created, revoked, rpm, tpm, suspended, suspended_reason"
 
 
 def create(db, name, rpm=DEFAULT_RPM, tpm=DEFAULT_TPM):
@@ -104,6 +73,21 @@ def revoke(db, key_id):
     return get(db, key_id)
 
 
+def suspend(db, key_id, reason):
+    """Suspend a key (abuse monitoring); it gets 403 until reinstated."""
+    db.execute("UPDATE keys SET suspended = ?, suspended_reason = ? WHERE id = ? AND suspended IS NULL",
+               (time.time(), reason, key_id))
+    return get(db, key_id)
+
+
+def reinstate(db, key_id):
+    if db.execute("UPDATE keys SET suspended = NULL, suspended_reason = NULL WHERE id = ? AND suspended IS NOT NULL",
+                  (key_id,)).rowcount == 0:
+        get(db, key_id)
+        raise KeysError(f"key {key_id} is not suspended")
+    return get(db, key_id)
+
+
 def check(db, presented):
     """The Key a presented secret belongs to, or None. Looked up by its hash, the hashes compared in constant time."""
     h = digest(presented)
@@ -126,18 +110,24 @@ def add_args(p):
     sub.add_parser("list", help="the keys (never their secrets)")
     r = sub.add_parser("revoke", help="revoke a key: it then gets 403")
     r.add_argument("id", type=int, help="the key's id (from `keys list`)")
+    r = sub.add_parser("reinstate", help="lift a suspension made by abuse monitoring")
+    r.add_argument("id", type=int, help="the key's id (from `keys list`)")
 
 
 def main(args):
-    db = connect(home(args.home))
+    db = state.connect(state.home(args.home))
     if args.cmd == "create":
         key, k = create(db, args.name, args.rpm, args.tpm)
         print(f"key {k.id} ({k.name}, {k.rpm} RPM, {k.tpm:,} TPM) — shown once, keep it:\n{key}")
     elif args.cmd == "list":
         for k in all_keys(db):
-            state = "revoked " + time.strftime("%Y-%m-%d", time.localtime(k.revoked)) if k.revoked else "active"
+            status = "revoked " + time.strftime("%Y-%m-%d", time.localtime(k.revoked)) if k.revoked else \
+                f"suspended ({k.suspended_reason})" if k.suspended else "active"
             print(f"{k.id:>4}  {k.prefix}…  {k.name:<20} {k.rpm:>6} RPM {k.tpm:>8} TPM  "
-                  f"created {time.strftime('%Y-%m-%d', time.localtime(k.created))}  {state}")
-    else:
+                  f"created {time.strftime('%Y-%m-%d', time.localtime(k.created))}  {status}")
+    elif args.cmd == "revoke":
         k = revoke(db, args.id)
         print(f"key {k.id} ({k.name}) revoked")
+    else:
+        k = reinstate(db, args.id)
+        print(f"key {k.id} ({k.name}) reinstated")
