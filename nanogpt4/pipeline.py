@@ -1,5 +1,6 @@
 """`nanogpt4 run`: the main job. Runs every stage in order on a preset — each stage exactly as its own CLI
-command would, skipping stages whose outputs are complete — then writes the report card."""
+command would, skipping stages whose outputs are complete — then writes the report card. The serve stage is a
+smoke test: it starts the API, exercises it through the openai client and stops (no server is left running)."""
 import argparse
 import importlib
 import json
@@ -79,6 +80,7 @@ def main(args):
     atomic_write_json(out / "samples.json", samples)
     timings["sample"] = dict(seconds=round(time.perf_counter() - t, 1), command="nanogpt4.sample.complete (engine)")
     atomic_write_json(timings_path, timings)
+    stage("serve", ["--run", str(out / "pretrain"), "--smoke", str(out / "serve_smoke.json")], "serve_smoke.json")
     stage("scaling", ["all", "--out", str(out / "scaling"), "--corpus", str(out / "corpus"),
                       "--preset", SCALING[args.preset]], "scaling/hindsight.json")
     stage("report", [str(out / "pretrain"), "--out", str(out / "evals"), "--corpus", str(out / "corpus" / "train.jsonl")]

@@ -138,6 +138,22 @@ def samples_section(out):
     return lines
 
 
+def serve_section(out):
+    """The serve smoke test (`nanogpt4 serve --smoke`): the API started, exercised through the openai client, stopped."""
+    r = _read(out / "serve_smoke.json")
+    if not r:
+        return []
+    lines = ["## Serving smoke test", "", "`nanogpt4 serve --smoke` started the OpenAI-compatible API on the final checkpoint "
+             "(127.0.0.1, a temporary key and database), ran each check through the official `openai` client and "
+             f"stopped it: **{'all passed' if r['passed'] else 'FAILED'}** in {r['seconds']} s (model loading included). "
+             f"Streamed chat: time to first token {r.get('ttft_s', float('nan')) * 1000:.0f} ms, "
+             f"{r.get('decode_tok_s', 0):.0f} tokens/s after it (one stream, eager fp32; `bench/serve.py` measures load).",
+             "", "| check | result | detail |", "|---|---|---|"]
+    for name, c in r["checks"].items():
+        lines.append(f"| {name} | {'pass' if c['passed'] else '**FAIL**'} | {str(c['detail']).replace('|', '/')} |")
+    return lines + [""]
+
+
 def scaling_section(out):
     sc = out / "scaling"
     ladder, record, ver = _read(sc / "ladder.json"), _read(sc / "prediction_loss.json"), _read(sc / "verify_loss.json")
@@ -242,7 +258,7 @@ def timings_section(out):
         return []
     lines = ["## Stage timings", "", "Wall-clock seconds of the run that did each stage's work (`timings.json`).", "",
              "| stage | seconds | command |", "|---|---:|---|"]
-    order = ["data", "tokenizer", "pretrain", "sample", "scaling", "report"]
+    order = ["data", "tokenizer", "pretrain", "sample", "serve", "scaling", "report"]
     for k in sorted(t, key=lambda k: order.index(k) if k in order else len(order)):
         lines.append(f"| {k} | {t[k]['seconds']} | `{t[k]['command']}` |")
     lines.append(f"| **total** | {sum(v['seconds'] for v in t.values()):.1f} | |")
@@ -258,7 +274,7 @@ def write(out):
         plot_throughput(metrics, out / "throughput.png")
     lines = ["# nanogpt4 report card", "", f"Work directory: `{out}`.", ""]
     for section in (timings_section, corpus_section, tokenizer_section, pretrain_section, samples_section,
-                    scaling_section, evals_section):
+                    serve_section, scaling_section, evals_section):
         lines += section(out)
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")

@@ -144,8 +144,9 @@ class Served:
         if self.error is not None:
             raise self.error
 
-    def close(self):
+    def close(self, timeout=10.0):
         self.engine.close()
+        self.thread.join(timeout)
 
 
 def model_card(snapshot, name=None):
@@ -520,6 +521,9 @@ def add_args(p):
     p.add_argument("--suspend-flagged-rate", type=float, default=0.5,
                    help="suspend a key when this share of its requests in a day is flagged (0: never)")
     p.add_argument("--suspend-min-requests", type=int, default=20, help="… once it has made this many")
+    p.add_argument("--smoke", default=None, metavar="OUT.json",
+                   help="start, run the smoke test through the openai client (serve/smoke.py), write OUT.json, stop "
+                        "(state in a temporary --home unless one is given)")
 
 
 def load(models, device=None, compile=False, max_rows=32):
@@ -530,23 +534,55 @@ def load(models, device=None, compile=False, max_rows=32):
 
 
 def main(args):
-    import uvicorn
+    import tempfile
     from . import models as snapshots, moderation, monitor
     models = snapshots.load(args.models) if args.models else snapshots.for_run(args.run)
-    home = state.home(args.home)
+    scratch = tempfile.TemporaryDirectory() if args.smoke and not args.home else None
+    home = state.home(scratch.name if scratch else args.home)
     db = state.connect(home)
-    if not args.no_auth and not keys.all_keys(db):
+    if not args.no_auth and not keys.all_keys(db) and not args.smoke:
         print(f"no API keys yet in {home}: make one with `nanogpt4 keys create` (or --no-auth)")
     moderator = None if args.no_moderation else moderation.load()
     watch = moderator and monitor.Monitor(moderator, args.keep_flagged_text, args.suspend_flagged_rate,
                                           args.suspend_min_requests)
+    t0 = time.perf_counter()
     served = load(models, args.device, args.compile, args.max_rows)
     app = create_app(models, served, db, not args.no_auth, moderator, watch,
                      limits.ChatCap(args.chat_cap, args.chat_cap_hours), args.max_queue)
-    print(f"serving {', '.join(models.names())} on http://{args.host}:{args.port}/v1 (chat page: "
-          f"http://{args.host}:{args.port}/)" + (" (no API keys: --no-auth)" if args.no_auth else ""), flush=True)
     try:
+        if args.smoke:
+            return smoke_test(app, db, args, moderator is not None, t0)
+        print(f"serving {', '.join(models.names())} on http://{args.host}:{args.port}/v1 (chat page: "
+              f"http://{args.host}:{args.port}/)" + (" (no API keys: --no-auth)" if args.no_auth else ""), flush=True)
+        import uvicorn
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     finally:
         for s in served.values():
             s.close()
+        if scratch:
+            scratch.cleanup()
+
+
+def smoke_test(app, db, args, moderation, t0):
+    """Serve on a free port of 127.0.0.1 in a thread, run serve/smoke.py against it, stop; returns its result."""
+    import socket
+    import uvicorn
+    from . import smoke
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.time() + 60
+        while not server.started:
+            if time.time() > deadline or not thread.is_alive():
+                raise RuntimeError("the smoke-test server did not start")
+            time.sleep(0.05)
+        key = keys.create(db, "smoke-test")[0] if not args.no_auth else "unused"
+        result = smoke.run(f"http://127.0.0.1:{port}", key, db, moderation)
+    finally:
+        server.should_exit = True
+        thread.join(30)
+    return smoke.write(args.smoke, result, time.perf_counter() - t0)
