@@ -103,7 +103,8 @@ class Output:
 
 class Request:
     """A submitted request: `result()` waits for it; `events()` yields (choice index, text delta) as text becomes
-    final; `cancel()` frees its rows at the next step."""
+    final; `cancel()` frees its rows at the next step. `listener`, if set, is called (on the engine's thread)
+    after each item put on `stream`, so an event loop can wait without a thread blocked on the queue."""
 
     def __init__(self, ids, params, images=None):
         self.ids, self.params, self.images = list(ids), params, images
@@ -113,6 +114,7 @@ class Request:
         self.done = threading.Event()
         self.cancelled = False
         self.error = None
+        self.listener = None
 
     def cancel(self):
         self.cancelled = True
@@ -130,10 +132,16 @@ class Request:
         if self.error is not None:
             raise self.error
 
+    def push(self, item):
+        self.stream.put(item)
+        if item is None:
+            self.done.set()
+        if self.listener is not None:
+            self.listener()
+
     def finish(self, error=None):
         self.error = error
-        self.stream.put(None)
-        self.done.set()
+        self.push(None)
 
 
 class Row:
@@ -171,7 +179,7 @@ class Row:
         else:
             end = len(self.text) - self._pending_stop_prefix()
         if end > self.sent:
-            self.req.stream.put((self.choice.index, self.text[self.sent:end]))
+            self.req.push((self.choice.index, self.text[self.sent:end]))
             self.sent = end
 
     def _pending_stop_prefix(self):

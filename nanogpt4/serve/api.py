@@ -17,6 +17,7 @@ runs. Once it has run, one transaction records its usage (usage.py) and any text
 """
 import asyncio
 import json
+import queue
 import threading
 import time
 import uuid
@@ -177,6 +178,44 @@ def completion_tokens(out, stop_ids):
 def usage_of(out, stop_ids):
     n = completion_tokens(out, stop_ids)
     return {"prompt_tokens": out.prompt_tokens, "completion_tokens": n, "total_tokens": out.prompt_tokens + n}
+
+
+class Listener:
+    """Wakes the event loop when an engine request has news (the engine calls `wake` on its thread), so waiting
+    for tokens holds no thread: a thread blocked per stream would exhaust asyncio's small default pool."""
+
+    def __init__(self, eng):
+        self.loop, self.event, self.scheduled = asyncio.get_running_loop(), asyncio.Event(), False
+        eng.listener = self.wake
+
+    def wake(self):
+        if not self.scheduled:  # one wake-up in flight is enough: it runs after every push made so far
+            self.scheduled = True
+            self.loop.call_soon_threadsafe(self._set)
+
+    def _set(self):
+        self.scheduled = False
+        self.event.set()
+
+
+async def batches(eng):
+    """Lists of an engine request's stream items as they come, everything waiting taken at once (so a busy loop
+    sends fewer, larger deltas); the last list ends with None."""
+    listener = Listener(eng)
+    while True:
+        listener.event.clear()
+        items = []
+        while True:
+            try:
+                items.append(eng.stream.get_nowait())
+            except queue.Empty:
+                break
+        if items:
+            yield items
+            if items[-1] is None:
+                return
+        else:
+            await listener.event.wait()
 
 
 def sse(obj):
@@ -438,7 +477,9 @@ def create_app(models, served, db, auth=True, moderator=None, monitor=None, chat
         """The Output of an engine request, waited for off the event loop and metered before it is returned; a
         client that leaves cancels it."""
         try:
-            out = await asyncio.to_thread(eng.result)
+            async for _ in batches(eng):
+                pass
+            out = eng.result()
         except asyncio.CancelledError:
             eng.cancel()
             meter(call, eng)
@@ -467,8 +508,13 @@ def create_app(models, served, db, auth=True, moderator=None, monitor=None, chat
             if is_chat:
                 for i in range(eng.params.n):
                     yield chunk(i, role=True)
-            while (item := await asyncio.to_thread(eng.stream.get)) is not None:
-                yield chunk(item[0], item[1])
+            async for items in batches(eng):
+                deltas = {}  # choice index → its text, in order
+                for item in items:
+                    if item is not None:
+                        deltas[item[0]] = deltas.get(item[0], "") + item[1]
+                for index, text in deltas.items():
+                    yield chunk(index, text)
             if eng.error is not None:
                 await asyncio.to_thread(meter, call, eng)
                 yield sse(error_body("The server had an error while processing your request.", "server_error"))
