@@ -16,6 +16,7 @@ STAGES = {  # name: (module, help)
     "report": ("nanogpt4.evals.card", "the eval report card of a run: benchmarks, calibration, contamination"),
     "keys": ("nanogpt4.serve.keys", "API keys of the server: create (shown once), list, revoke"),
     "usage": ("nanogpt4.serve.usage", "the server's metered usage per key, model and day, with cost"),
+    "moderation": ("nanogpt4.serve.moderation", "the moderation classifier: train (with held-out metrics), check TEXT"),
     "serve": ("nanogpt4.serve.api", "the OpenAI-compatible API over the engine, the chat page, /metrics"),
     "run": ("nanogpt4.pipeline", "the main job: every stage in order, then the report"),
 }

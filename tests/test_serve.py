@@ -465,3 +465,36 @@ def test_smoke_test_starts_checks_and_stops(local_run, tmp_path):
     assert set(r["checks"]) == {"models", "chat", "stream", "completion", "bad key", "usage metered", "metrics"}
     assert r["ttft_s"] > 0 and r["decode_tok_s"] > 0
     assert not [t for t in set(threading.enumerate()) - before if t.name.startswith("serve-")]  # engines stopped
+
+
+def test_responses_validate_against_the_clients_own_types(client):
+    from openai.types import Completion, Model
+    from openai.types.chat import ChatCompletion, ChatCompletionChunk
+    raw = client.chat.completions.with_raw_response.create(model="nano4", messages=MSGS, max_tokens=4, n=2,
+                                                          logprobs=True, top_logprobs=2)
+    ChatCompletion.model_validate(raw.http_response.json(), strict=True)
+    raw = client.completions.with_raw_response.create(model="nano4", prompt="The cat", max_tokens=4, logprobs=1)
+    Completion.model_validate(raw.http_response.json(), strict=True)
+    raw = client.models.with_raw_response.retrieve("nano4")
+    Model.model_validate(raw.http_response.json(), strict=True)
+    with client.chat.completions.with_streaming_response.create(
+            model="nano4", messages=MSGS, max_tokens=4, stream=True, stream_options={"include_usage": True}) as r:
+        lines = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "[DONE]" and len(lines) >= 4
+    for line in lines[:-1]:
+        ChatCompletionChunk.model_validate(json.loads(line), strict=True)
+
+
+@pytest.mark.network
+def test_moderations_with_the_trained_classifier(server):
+    from fastapi.testclient import TestClient
+    from openai.types import ModerationCreateResponse
+    from nanogpt4.serve import moderation
+    moderator = moderation.load()
+    app = api.create_app(server["models"], server["served"], server["db"], auth=False, moderator=moderator)
+    with TestClient(app) as tc:
+        r = tc.post("/v1/moderations", json={"input": ["What a lovely day for a walk by the sea.", "Hello!"]})
+        bad = tc.post("/v1/moderations", json={"input": 7})
+    got = ModerationCreateResponse.model_validate(r.json(), strict=True)
+    assert got.model == moderator.name and [x.flagged for x in got.results] == [False, False]
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "input"

@@ -103,7 +103,7 @@ def parse(cls, body):
         req = cls.model_validate(body)
     except ValidationError as e:
         err = e.errors()[0]
-        param = ".".join(str(x) for x in err["loc"]) or None
+        param = str(err["loc"][0]) if err["loc"] else None  # the request's field (not pydantic's union branch)
         raise APIError(400, f"Invalid value for '{param}': {err['msg']}.", param=param, code="invalid_value") from None
     stop = getattr(req, "stop", None)
     stops = [stop] if isinstance(stop, str) else (stop or [])
