@@ -22,11 +22,13 @@ from nanogpt4.serve import api, db as state, keys, limits, models as M, monitor,
 
 
 @pytest.fixture(scope="module")
-def server(local_run, tmp_path_factory):
+def server(local_run, endless_run, tmp_path_factory):
     sha = runs.checkpoint_id(local_run).split(":")[1]
     models = M.parse({"snapshots": {"nano4-20261201": {"run": str(local_run), "checkpoint_sha256": sha},
                                     "nano4-20250101": {"run": str(local_run), "checkpoint_sha256": sha,
-                                                       "deprecated_after": "2025-06-01"}},
+                                                       "deprecated_after": "2025-06-01"},
+                                    "endless-20261201": {"run": str(endless_run), "checkpoint_sha256":
+                                                         runs.checkpoint_id(endless_run).split(":")[1]}},
                       "aliases": {"nano4": "nano4-20261201"}})
     home = state.home(tmp_path_factory.mktemp("home"))
     db = state.connect(home)
@@ -34,7 +36,8 @@ def server(local_run, tmp_path_factory):
     revoked, k = keys.create(db, "old")
     keys.revoke(db, k.id)
     served = api.load(models, device="cpu", max_rows=8)
-    app = api.create_app(models, served, db, moderator=Marker(), chat_cap=limits.ChatCap(2, 1.0),
+    cap = limits.ChatCap(2, 1.0)
+    app = api.create_app(models, served, db, moderator=Marker(), chat_cap=cap,
                          monitor=monitor.Monitor(Marker(), suspend_rate=0.5, min_requests=4))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -46,7 +49,7 @@ def server(local_run, tmp_path_factory):
     while not srv.started and time.time() < deadline:
         time.sleep(0.05)
     yield dict(url=f"http://127.0.0.1:{port}", served=served, key=key, revoked=revoked, db=db, models=models,
-               home=home)
+               home=home, cap=cap)
     srv.should_exit = True
     thread.join(10)
     for s in served.values():
@@ -125,7 +128,7 @@ def test_text_completions_plain_and_streamed(client, server):
 
 def test_models_and_snapshots(client):
     ids = [m.id for m in client.models.list().data]
-    assert {"nano4", "nano4-20261201", "nano4-20250101"} <= set(ids)
+    assert {"nano4", "nano4-20261201"} <= set(ids) and "nano4-20250101" not in ids  # deprecated: not offered
     assert client.models.retrieve("nano4").id == "nano4"
     with pytest.raises(openai.NotFoundError) as e:
         client.models.retrieve("gpt-5")
@@ -146,6 +149,10 @@ def test_models_and_snapshots(client):
     (dict(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,x"}}]}]),
      "messages", "image_input_not_supported"),
     (dict(stop=["a", "b", "c", "d", "e"]), "stop", None),
+    (dict(n=9), "n", None),  # more than the engine's 8 rows
+    (dict(top_logprobs=2), "top_logprobs", None),  # without logprobs
+    (dict(stream_options={"include_usage": True}), "stream_options", None),  # without stream
+    (dict(response_format={"type": "json_object"}), "response_format", "unsupported_parameter"),
 ])
 def test_bad_requests_get_openai_errors(client, kw, param, code):
     args = dict(model="nano4", messages=MSGS, max_tokens=4)
@@ -181,21 +188,55 @@ def test_hostile_bodies(server):
     assert got == 200 and payload["choices"]  # and the server still serves
     with urllib.request.urlopen(url + "/health", timeout=10) as r:
         assert json.loads(r.read())["status"] == "ok"
-    try:
+    with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(url + "/v1/nothing", timeout=10)
-    except urllib.error.HTTPError as e:
-        assert e.code == 404 and json.loads(e.read())["error"]["code"] == "unknown_url"
+    assert e.value.code == 404 and json.loads(e.value.read())["error"]["code"] == "unknown_url"
 
 
-def test_a_client_that_leaves_mid_stream_frees_its_rows(client, server):
-    eng = server["served"]["nano4-20261201"].engine
-    stream = client.chat.completions.create(model="nano4", messages=MSGS, temperature=1.0, seed=1, stream=True)
-    next(iter(stream))
+def usage_row(server, request_id, deadline=10):
+    """(finish, completion tokens) of a request's usage row, waiting for it to be committed."""
+    end = time.time() + deadline
+    while time.time() < end:
+        row = server["db"].execute("SELECT finish, completion_tokens FROM usage WHERE request_id = ?",
+                                   (request_id,)).fetchone()
+        if row:
+            return row
+        time.sleep(0.02)
+    return None
+
+
+def test_a_client_that_leaves_mid_stream_is_cancelled_and_metered(client, server):
+    eng = server["served"]["endless-20261201"].engine  # never stops by itself: only cancelling ends it early
+    stream = client.chat.completions.create(model="endless-20261201", messages=MSGS, max_tokens=1500, stream=True)
+    first = next(c for c in stream if c.choices[0].delta.content)  # some text has arrived
     stream.close()  # the client goes away
     deadline = time.time() + 10
     while (eng.rows or eng.pending) and time.time() < deadline:
         time.sleep(0.01)
     assert not eng.rows and not eng.pending
+    finish, n = usage_row(server, first.id)
+    assert finish == "cancelled" and 0 < n < 1500
+
+
+def test_a_client_that_leaves_before_its_stream_starts_is_cancelled_metered_and_uncapped(server):
+    eng = server["served"]["endless-20261201"].engine
+    key = keys.create(server["db"], "gone")[0]
+    body = json.dumps(dict(model="endless-20261201", messages=MSGS, max_tokens=1500, stream=True)).encode()
+    port = int(server["url"].rsplit(":", 1)[1])
+    count = "SELECT COUNT(*) FROM usage u JOIN keys k ON k.id = u.key_id WHERE k.name = 'gone'"
+    for i in range(2):  # the cap's 2 messages: each in-flight slot must come back
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"X-Nanogpt4-Client: chat-page\r\nAuthorization: Bearer " + key.encode() +
+                         b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        # closed at once, before any answer
+        deadline = time.time() + 10
+        while time.time() < deadline and server["db"].execute(count).fetchone()[0] < i + 1:
+            time.sleep(0.01)
+        assert not eng.rows and not eng.pending and not server["cap"].inflight
+    rows = server["db"].execute("SELECT u.finish, u.completion_tokens FROM usage u JOIN keys k ON k.id = u.key_id "
+                                "WHERE k.name = 'gone'").fetchall()
+    assert len(rows) == 2 and all(f == "cancelled" and n < 1500 for f, n in rows)
 
 
 def test_a_snapshot_whose_checkpoint_changed_is_refused(local_run):
@@ -373,12 +414,18 @@ def test_metrics_and_health(server, client):
     assert health["auth"] is True and health["chat_cap"] == {"messages": 2, "hours": 1.0}
 
 
-def test_overload_gets_503(server):
+def test_overload_gets_503_and_charges_nothing(server):
     from fastapi.testclient import TestClient
-    app = api.create_app(server["models"], server["served"], server["db"], auth=False, max_queue=0)
+    cap = limits.ChatCap(5, 1.0)
+    app = api.create_app(server["models"], server["served"], server["db"], max_queue=0, chat_cap=cap)
+    key, k = keys.create(server["db"], "busy", rpm=5, tpm=100_000)
     with TestClient(app) as tc:
-        r = tc.post("/v1/chat/completions", json=dict(model="nano4", messages=MSGS, max_tokens=2))
-    assert r.status_code == 503 and r.json()["error"]["code"] == "overloaded" and r.headers["retry-after"] == "1"
+        for _ in range(7):  # more than the key's 5 RPM and the cap's 5 messages: a 503 charges neither
+            r = tc.post("/v1/chat/completions", json=dict(model="nano4", messages=MSGS, max_tokens=2),
+                        headers={"Authorization": f"Bearer {key}", "X-Nanogpt4-Client": "chat-page"})
+            assert r.status_code == 503 and r.json()["error"]["code"] == "overloaded"
+            assert r.headers["retry-after"] == "1"
+    assert not cap.inflight
 
 
 def free_port():

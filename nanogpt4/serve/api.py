@@ -9,49 +9,38 @@ types; unknown fields ignored as OpenAI does, unsupported ones refused by name),
 `{"error": {"message", "type", "param", "code"}}` and status. Usage counts the prompt's tokens and the sampled
 ones (a closing stop token excluded).
 
-A generation request passes, in order: its key (401 missing/bad, 403 revoked or suspended; keys.py), its body
-(413, 400), its model (404), the context (400 `context_length_exceeded`), the chat page's message cap and the
-key's RPM/TPM (429 with `retry-after` and the `x-ratelimit-*` headers; limits.py), the queue bound (503), and
-runs. Once it has run, one transaction records its usage (usage.py) and any text the moderation classifier flags
-(monitor.py, which may suspend the key), before the response completes.
+A generation request passes its key (401 missing/bad, 403 revoked or suspended; keys.py), its body (413, 400)
+and its model (404) here; generation.py admits it (the context, the chat page's cap, the queue bound: 503, the
+key's RPM/TPM: 429 with `retry-after` and the `x-ratelimit-*` headers, limits.py), answers it and meters it
+(usage.py, monitor.py) before its response completes.
 """
 import asyncio
 import json
-import queue
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 
 from .. import chat, runs
-from . import db as state, keys, limits, metrics, usage
-from ..engine import Cancelled, ContextLengthError, Engine, SamplingParams, prompt_ids
+from ..common import UserError
+from . import db as state, keys, limits, metrics
+from .errors import APIError, error_body
+from .generation import Gate
+from ..engine import Engine, prompt_ids
 
 MAX_BODY = 8 << 20  # bytes; a larger request is refused with 413 (see read_json)
 MAX_MODERATION_INPUTS = 256
-CHAT_PAGE = "chat-page"  # the X-Nanogpt4-Client header of the chat page's requests: they count against its cap
 WEB = Path(__file__).parent / "web"
+NO_OPS = {"response_format": {"type": "text"}, "tool_choice": "none"}  # defaults some tools send: as if absent
 UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "response_format", "logit_bias", "audio",
                "modalities", "prediction", "suffix", "best_of")
-
-
-class APIError(Exception):
-    def __init__(self, status, message, type_="invalid_request_error", param=None, code=None, headers=None):
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
-        self.headers = headers
-
-
-def error_body(message, type_="invalid_request_error", param=None, code=None):
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
 # ----------------------------------------------------------------------------- requests
@@ -97,7 +86,7 @@ def parse(cls, body):
     if not isinstance(body, dict):
         raise APIError(400, "The request body must be a JSON object.")
     for name in UNSUPPORTED:
-        if body.get(name) not in (None, False, [], {}):
+        if body.get(name) not in (None, False, [], {}, NO_OPS.get(name)):
             raise APIError(400, f"'{name}' is not supported by this server.", param=name, code="unsupported_parameter")
     try:
         req = cls.model_validate(body)
@@ -113,6 +102,12 @@ def parse(cls, body):
         if getattr(req, name, 0):
             raise APIError(400, f"'{name}' other than 0 is not supported by this server.", param=name,
                            code="unsupported_parameter")
+    if getattr(req, "top_logprobs", None) is not None and not req.logprobs:
+        raise APIError(400, "'top_logprobs' needs 'logprobs' set to true.", param="top_logprobs")
+    if getattr(req, "stream_options", None) is not None and not req.stream:
+        raise APIError(400, "'stream_options' is only allowed when 'stream' is true.", param="stream_options")
+    if getattr(req, "stream", False) and getattr(req, "logprobs", None):
+        raise APIError(400, "logprobs with stream is not supported by this server yet.", param="logprobs")
     return req, stops
 
 
@@ -146,8 +141,7 @@ class Served:
             raise self.error
 
     def close(self, timeout=10.0):
-        self.engine.close()
-        self.thread.join(timeout)
+        self.engine.close(timeout)  # joins this thread's loop, then cancels what is left
 
 
 def model_card(snapshot, name=None):
@@ -171,70 +165,10 @@ def chat_logprobs(tok, c, stop_ids):
     return {"content": out}
 
 
-def completion_tokens(out, stop_ids):
-    return sum(sum(t not in stop_ids for t in c.token_ids) for c in out.choices)
-
-
-def usage_of(out, stop_ids):
-    n = completion_tokens(out, stop_ids)
-    return {"prompt_tokens": out.prompt_tokens, "completion_tokens": n, "total_tokens": out.prompt_tokens + n}
-
-
-class Listener:
-    """Wakes the event loop when an engine request has news (the engine calls `wake` on its thread), so waiting
-    for tokens holds no thread: a thread blocked per stream would exhaust asyncio's small default pool."""
-
-    def __init__(self, eng):
-        self.loop, self.event, self.scheduled = asyncio.get_running_loop(), asyncio.Event(), False
-        eng.listener = self.wake
-
-    def wake(self):
-        if not self.scheduled:  # one wake-up in flight is enough: it runs after every push made so far
-            self.scheduled = True
-            self.loop.call_soon_threadsafe(self._set)
-
-    def _set(self):
-        self.scheduled = False
-        self.event.set()
-
-
-async def batches(eng):
-    """Lists of an engine request's stream items as they come, everything waiting taken at once (so a busy loop
-    sends fewer, larger deltas); the last list ends with None."""
-    listener = Listener(eng)
-    while True:
-        listener.event.clear()
-        items = []
-        while True:
-            try:
-                items.append(eng.stream.get_nowait())
-            except queue.Empty:
-                break
-        if items:
-            yield items
-            if items[-1] is None:
-                return
-        else:
-            await listener.event.wait()
-
-
-def sse(obj):
-    return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
-
-
 # ----------------------------------------------------------------------------- the app
 
-@dataclass
-class Call:
-    """One generation request, for metering: who asked, from where, which snapshot, and its input text."""
-    id: str
-    key: Optional[keys.Key]
-    user: str  # whom the chat page's cap counts
-    client: str  # "api" or CHAT_PAGE
-    served: "Served"
-    text: str  # the input, for moderation
-    capped: bool = False  # holds a slot of the chat page's cap until metered
-    metered: bool = False
+def include_usage(req):
+    return bool((req.stream_options or {}).get("include_usage"))
 
 
 def input_text(messages):
@@ -249,8 +183,9 @@ def create_app(models, served, db, auth=True, moderator=None, monitor=None, chat
     `chat_cap` (limits.ChatCap) caps the chat page's messages per user; at `max_queue` requests waiting for an
     engine, more get 503."""
     app = FastAPI(title="nanogpt4", docs_url=None, redoc_url=None, openapi_url=None)
-    limiter, meters = limits.Limiter(), metrics.Metrics(served)
+    limiter, meters, reader = limits.Limiter(), metrics.Metrics(served), state.reader(db)
     chat_cap = chat_cap or limits.ChatCap(0)
+    gate = Gate(db, reader, limiter, meters, chat_cap, monitor, max_queue)
     app.add_middleware(metrics.Observe, metrics=meters)
 
     def authorize(request):
@@ -260,7 +195,7 @@ def create_app(models, served, db, auth=True, moderator=None, monitor=None, chat
         if not header.startswith("Bearer ") or not header[7:].strip():
             raise APIError(401, "You didn't provide an API key. Provide it in an Authorization header "
                                 "(Authorization: Bearer YOUR_KEY).", code="missing_api_key")
-        key = keys.check(db, header[7:].strip())
+        key = keys.check(reader, header[7:].strip())
         if key is None:
             raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
         if key.revoked:
@@ -316,60 +251,6 @@ def create_app(models, served, db, auth=True, moderator=None, monitor=None, chat
                                 f"use a newer snapshot (GET /v1/models).", param="model", code="model_deprecated")
         return served[snap.name]
 
-    async def admit(request, key, s, ids, req, stops, param, text, **extra):
-        """Check, charge and submit a generation; returns (engine request, Call, rate-limit headers)."""
-        room = req.max_tokens or getattr(req, "max_completion_tokens", None)
-        params = SamplingParams(max_tokens=room, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
-                                stop=tuple(stops), seed=req.seed, n=req.n, **extra)
-        try:
-            s.engine.check(ids, params)
-        except ContextLengthError as e:
-            raise APIError(400, str(e), param=param, code="context_length_exceeded") from None
-        except ValueError as e:
-            raise APIError(400, str(e), param=param) from None
-        client = CHAT_PAGE if request.headers.get("x-nanogpt4-client") == CHAT_PAGE else "api"
-        call = Call(f"chatcmpl-{uuid.uuid4().hex}", key, str(key.id) if key else request.client.host, client, s, text)
-        if client == CHAT_PAGE:
-            await asyncio.to_thread(chat_cap.admit, db, call.user)
-            call.capped = True
-        try:
-            tokens = len(ids) + (room or s.engine.n_ctx - len(ids)) * req.n  # max_tokens counts up front
-            headers = limiter.take(key, tokens, s.snapshot.name) if key else {}
-            if len(s.engine.pending) >= max_queue:
-                raise APIError(503, "The server is overloaded with requests; please retry shortly.", "server_error",
-                               code="overloaded", headers={"retry-after": "1"})
-            try:
-                return s.engine.submit(ids, params), call, headers
-            except RuntimeError:  # the engine is closing
-                raise APIError(503, "The model is shutting down; please retry.", "server_error") from None
-        except BaseException:
-            if call.capped:
-                chat_cap.done(call.user)
-            raise
-
-    def meter(call, eng):
-        """Once per request, when it has ended (or been abandoned): its usage row and what moderation flags, in
-        one transaction; then its cap slot is released and the metrics counted."""
-        if call.metered:
-            return
-        call.metered = True
-        s, out = call.served, eng.out
-        n = completion_tokens(out, s.engine.stop_ids)
-        finish = "error" if eng.error is not None and not isinstance(eng.error, Cancelled) else \
-            "cancelled" if eng.cancelled else (out.choices[0].finish_reason or "cancelled")
-        try:
-            flagged = monitor.review(call.text, [c.text for c in out.choices]) if monitor else []
-            key_id = call.key.id if call.key else None
-            with db.transaction():
-                usage.record(db, call.id, key_id, call.user, call.client, s.snapshot, out.prompt_tokens, n, finish)
-                if monitor:
-                    monitor.record(db, call.id, key_id, flagged)
-        finally:
-            if call.capped:
-                chat_cap.done(call.user)
-        times = out.choices[0].times
-        meters.generation(s.snapshot.name, out.prompt_tokens, n, times[0] - eng.submitted if times else None)
-
     @app.get("/health")
     async def health():
         return {"status": "ok", "models": sorted(served), "auth": auth,
@@ -389,8 +270,9 @@ def create_app(models, served, db, auth=True, moderator=None, monitor=None, chat
     @app.get("/v1/models")
     async def list_models(request: Request):
         authorize(request)
-        cards = [model_card(models.snapshots[n]) for n in sorted(served)]
-        cards += [model_card(models.snapshots[t], a) for a, t in sorted(models.aliases.items()) if t in served]
+        live = [n for n in sorted(served) if not models.snapshots[n].deprecated()]
+        cards = [model_card(models.snapshots[n]) for n in live]
+        cards += [model_card(models.snapshots[t], a) for a, t in sorted(models.aliases.items()) if t in live]
         return {"object": "list", "data": cards}
 
     @app.get("/v1/models/{name}")
@@ -426,22 +308,15 @@ def create_app(models, served, db, auth=True, moderator=None, monitor=None, chat
                for m in req.messages):
             raise APIError(400, f"The model `{req.model}` does not accept image input.", param="messages",
                            code="image_input_not_supported")
-        if req.stream and req.logprobs:
-            raise APIError(400, "logprobs with stream is not supported by this server yet.", param="logprobs")
         ids = chat.render(s.tok, req.messages).ids
-        eng, call, headers = await admit(request, key, s, ids, req, stops, "messages", input_text(req.messages),
-                                         top_logprobs=req.top_logprobs or 0)
-        head = dict(id=call.id, created=int(time.time()), model=s.snapshot.name, system_fingerprint=s.fingerprint)
-        if req.stream:
-            include_usage = bool((req.stream_options or {}).get("include_usage"))
-            return StreamingResponse(stream(eng, call, head, "chat.completion.chunk", include_usage),
-                                     media_type="text/event-stream", headers=headers)
-        out = await finished(eng, call)
-        choices = [dict(index=c.index, message=dict(role="assistant", content=c.text),
-                        logprobs=chat_logprobs(s.tok, c, s.engine.stop_ids) if req.logprobs else None,
-                        finish_reason=c.finish_reason) for c in out.choices]
-        return JSONResponse(dict(head, object="chat.completion", choices=choices, usage=usage_of(out, s.engine.stop_ids)),
-                            headers=headers)
+        call, headers = await gate.admit(request, key, s, ids, req, stops, "messages", input_text(req.messages),
+                                         "chatcmpl", top_logprobs=req.top_logprobs or 0)
+
+        def answer(out):
+            return [dict(index=c.index, message=dict(role="assistant", content=c.text),
+                         logprobs=chat_logprobs(s.tok, c, s.engine.stop_ids) if req.logprobs else None,
+                         finish_reason=c.finish_reason) for c in out.choices]
+        return await gate.respond(call, headers, req.stream, include_usage(req), "chat.completion", answer)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -455,80 +330,15 @@ def create_app(models, served, db, auth=True, moderator=None, monitor=None, chat
             prompt = prompt[0]
         if req.echo:
             raise APIError(400, "'echo' is not supported by this server.", param="echo", code="unsupported_parameter")
-        if req.stream and req.logprobs:
-            raise APIError(400, "logprobs with stream is not supported by this server yet.", param="logprobs")
         ids, _ = prompt_ids(s.tok, prompt)
-        eng, call, headers = await admit(request, key, s, ids, req, stops, "prompt", prompt,
+        call, headers = await gate.admit(request, key, s, ids, req, stops, "prompt", prompt, "cmpl",
                                          top_logprobs=req.logprobs or 0)
-        call.id = "cmpl-" + call.id.split("-", 1)[1]
-        head = dict(id=call.id, created=int(time.time()), model=s.snapshot.name, system_fingerprint=s.fingerprint)
-        if req.stream:
-            include_usage = bool((req.stream_options or {}).get("include_usage"))
-            return StreamingResponse(stream(eng, call, head, "text_completion", include_usage),
-                                     media_type="text/event-stream", headers=headers)
-        out = await finished(eng, call)
-        choices = [dict(index=c.index, text=c.text, finish_reason=c.finish_reason,
-                        logprobs=completion_logprobs(s, c) if req.logprobs is not None else None)
-                   for c in out.choices]
-        return JSONResponse(dict(head, object="text_completion", choices=choices, usage=usage_of(out, s.engine.stop_ids)),
-                            headers=headers)
 
-    async def finished(eng, call):
-        """The Output of an engine request, waited for off the event loop and metered before it is returned; a
-        client that leaves cancels it."""
-        try:
-            async for _ in batches(eng):
-                pass
-            out = eng.result()
-        except asyncio.CancelledError:
-            eng.cancel()
-            meter(call, eng)
-            raise
-        except BaseException:
-            await asyncio.to_thread(meter, call, eng)
-            raise
-        await asyncio.to_thread(meter, call, eng)
-        return out
-
-    async def stream(eng, call, head, kind, include_usage):
-        """SSE chunks: (chat) a role delta per choice first, then text deltas as they become final, one chunk per
-        choice with its finish_reason, the usage chunk if asked, then [DONE]; the usage is committed before
-        those last two. A client that leaves cancels, and what was generated for it is metered."""
-        is_chat = kind == "chat.completion.chunk"
-
-        def chunk(index, text=None, finish=None, role=False):
-            if is_chat:
-                delta = {"role": "assistant", "content": ""} if role else ({"content": text} if text else {})
-                choice = dict(index=index, delta=delta, logprobs=None, finish_reason=finish)
-            else:
-                choice = dict(index=index, text=text or "", logprobs=None, finish_reason=finish)
-            return sse(dict(head, object=kind, choices=[choice]))
-
-        try:
-            if is_chat:
-                for i in range(eng.params.n):
-                    yield chunk(i, role=True)
-            async for items in batches(eng):
-                deltas = {}  # choice index → its text, in order
-                for item in items:
-                    if item is not None:
-                        deltas[item[0]] = deltas.get(item[0], "") + item[1]
-                for index, text in deltas.items():
-                    yield chunk(index, text)
-            if eng.error is not None:
-                await asyncio.to_thread(meter, call, eng)
-                yield sse(error_body("The server had an error while processing your request.", "server_error"))
-                return
-            for c in eng.out.choices:
-                yield chunk(c.index, finish=c.finish_reason)
-            await asyncio.to_thread(meter, call, eng)
-            if include_usage:
-                yield sse(dict(head, object=kind, choices=[], usage=usage_of(eng.out, call.served.engine.stop_ids)))
-            yield "data: [DONE]\n\n"
-        finally:
-            if not eng.done.is_set():
-                eng.cancel()
-            meter(call, eng)  # the client left first: meter what it was sent (a no-op when metered above)
+        def answer(out):
+            return [dict(index=c.index, text=c.text, finish_reason=c.finish_reason,
+                         logprobs=completion_logprobs(s, c) if req.logprobs is not None else None)
+                    for c in out.choices]
+        return await gate.respond(call, headers, req.stream, include_usage(req), "text_completion", answer)
 
     return app
 
@@ -631,4 +441,8 @@ def smoke_test(app, db, args, moderation, t0):
     finally:
         server.should_exit = True
         thread.join(30)
-    return smoke.write(args.smoke, result, time.perf_counter() - t0)
+    result = smoke.write(args.smoke, result, time.perf_counter() - t0)
+    if not result["passed"]:
+        failed = [name for name, c in result["checks"].items() if not c["passed"]]
+        raise UserError(f"serve smoke test failed: {', '.join(failed)} (details in {args.smoke})")
+    return result

@@ -70,10 +70,11 @@ class Connection(sqlite3.Connection):
             self.execute("BEGIN IMMEDIATE")
             try:
                 yield self
+                self.execute("COMMIT")
             except BaseException:
-                self.execute("ROLLBACK")
+                if self.in_transaction:  # a failed COMMIT (disk full, I/O error) must not leave it open
+                    self.execute("ROLLBACK")
                 raise
-            self.execute("COMMIT")
 
 
 def home(path=None):
@@ -83,6 +84,13 @@ def home(path=None):
     base = Path(base)
     base.mkdir(parents=True, exist_ok=True)
     return base
+
+
+def reader(db):
+    """A second connection to `db`'s file for reads on the event loop: WAL readers neither wait for a writer's
+    fsync nor see its uncommitted rows."""
+    path = db.execute("PRAGMA database_list").fetchone()[2]
+    return sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
 
 
 def connect(home_dir):

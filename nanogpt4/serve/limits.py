@@ -101,10 +101,11 @@ class ChatCap:
 
     def __init__(self, messages=100, hours=4.0):
         self.messages, self.seconds = messages, hours * 3600
-        self.lock, self.inflight = threading.Lock(), {}
+        self.lock, self.inflight = threading.RLock(), {}  # the server meters (commits) under this lock too
 
     def admit(self, db, user, now=None):
-        """Count one message for `user` (release it with `done`), or raise RateLimited when the cap is reached."""
+        """Count one message for `user` (release it with `done` once its usage row is committed, under `lock`), or
+        raise RateLimited when the cap is reached. `db` is read only: best a connection that sees committed rows."""
         if not self.messages:
             return
         now = time.time() if now is None else now

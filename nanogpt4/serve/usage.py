@@ -1,5 +1,5 @@
 """Usage metering: one row per answered request (key, user, client, snapshot, UTC day, prompt and completion
-tokens, cost at the snapshot's prices, how it finished), committed before the response completes (before a
+tokens, cost at the snapshot's prices — nothing for a request the server failed —, how it finished), committed before the response completes (before a
 non-streamed body is sent, before a stream's usage chunk and `[DONE]`), so a server killed at any moment has
 metered every request a client saw complete. `nanogpt4 usage` sums it per key, model and day.
 """
@@ -22,7 +22,7 @@ def record(db, request_id, key_id, user, client, snapshot, prompt_tokens, comple
     db.execute("INSERT INTO usage (request_id, key_id, user, client, model, day, at, prompt_tokens, "
                "completion_tokens, cost, finish) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                (request_id, key_id, user, client, snapshot.name, day, now, prompt_tokens, completion_tokens,
-                cost(snapshot.prices, prompt_tokens, completion_tokens), finish))
+                0.0 if finish == "error" else cost(snapshot.prices, prompt_tokens, completion_tokens), finish))
 
 
 def summary(db, key_id=None, since=None):
