@@ -545,3 +545,22 @@ def test_moderations_with_the_trained_classifier(server):
     got = ModerationCreateResponse.model_validate(r.json(), strict=True)
     assert got.model == moderator.name and [x.flagged for x in got.results] == [False, False]
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "input"
+
+
+def test_server_errors_leak_nothing_and_cost_nothing(client, server, monkeypatch):
+    eng = server["served"]["nano4-20261201"].engine
+
+    def broken(reqs):
+        raise RuntimeError("/secret/path: internal detail")
+    monkeypatch.setattr(eng, "_prefill", broken)
+    with pytest.raises(openai.InternalServerError) as e:
+        client.chat.completions.with_raw_response.create(model="nano4", messages=MSGS, max_tokens=3)
+    assert e.value.status_code == 500 and e.value.body["type"] == "server_error"
+    assert "secret" not in json.dumps(e.value.body)
+    with client.chat.completions.with_streaming_response.create(model="nano4", messages=MSGS, max_tokens=3,
+                                                                stream=True) as r:
+        lines = [line for line in r.iter_lines() if line.startswith("data: ")]
+    assert '"server_error"' in lines[-1] and "secret" not in "".join(lines) and "[DONE]" not in lines[-1]
+    rid = json.loads(lines[0][6:])["id"]
+    assert usage_row(server, rid)[0] == "error"
+    assert server["db"].execute("SELECT cost FROM usage WHERE request_id = ?", (rid,)).fetchone()[0] == 0.0

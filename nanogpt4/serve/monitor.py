@@ -15,12 +15,17 @@ class Monitor:
         self.moderator, self.keep_text = moderator, keep_text
         self.suspend_rate, self.min_requests, self.window = suspend_rate, min_requests, window_hours * 3600
 
-    def review(self, request_text, answers):
-        """[(direction, text, categories)] for the flagged ones among the input and the answers."""
-        texts = [("request", request_text)] + [("response", a) for a in answers if a]
-        results = self.moderator.classify([t for _, t in texts])
-        return [(d, t, sorted(c for c, hit in r["categories"].items() if hit))
-                for (d, t), r in zip(texts, results) if r["flagged"]]
+    def review(self, requests):
+        """For each (input text, [answers]): [(direction, text, categories)] of its flagged texts. One classifier
+        call for all of them."""
+        texts = [[("request", text)] + [("response", a) for a in answers if a] for text, answers in requests]
+        results = iter(self.moderator.classify([t for group in texts for _, t in group]))
+        flagged = []
+        for group in texts:
+            scored = [(d, t, next(results)) for d, t in group]
+            flagged.append([(d, t, sorted(c for c, hit in r["categories"].items() if hit))
+                            for d, t, r in scored if r["flagged"]])
+        return flagged
 
     def record(self, db, request_id, key_id, flagged, now=None):
         """Record the flagged texts (inside the caller's transaction, after its usage row) and suspend the key if
