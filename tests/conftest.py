@@ -48,19 +48,26 @@ def tiny_tokens(tmp_path_factory):
 @pytest.fixture(scope="session")
 def local_run(tiny_tokens, tmp_path_factory):
     """A run directory with a small random GPT and the tiny corpus' tokenizer (what `nanogpt4 pretrain` leaves)."""
+    from nanogpt4.tokenizer import Tokenizer
+    tok = Tokenizer.load(tiny_tokens / "tokenizer" / "tokenizer.json")
+    return random_run(tmp_path_factory.mktemp("run"), tok, seq_len=64)
+
+
+def random_run(run, tok, seq_len, edit=None):
+    """A run directory holding a tiny random GPT (2 layers, width 32) on `tok`; `edit(model)` may change its weights
+    before it is saved."""
     import torch
     from nanogpt4.model.gpt import GPT, ModelConfig
-    from nanogpt4.tokenizer import Tokenizer
     from nanogpt4 import checkpoint
-    run = tmp_path_factory.mktemp("run")
-    tok = Tokenizer.load(tiny_tokens / "tokenizer" / "tokenizer.json")
-    cfg = ModelConfig(vocab_size=tok.vocab_size, n_layer=2, n_embd=32, n_head=2, n_kv_head=1, seq_len=64)
+    cfg = ModelConfig(vocab_size=tok.vocab_size, n_layer=2, n_embd=32, n_head=2, n_kv_head=1, seq_len=seq_len)
     m = GPT(cfg)
     m.init_weights(seed=0)
     with torch.no_grad():
         g = torch.Generator().manual_seed(0)
         for p in m.parameters():
             p.add_(torch.randn(p.shape, generator=g) * 0.3)
+        if edit is not None:
+            edit(m)
     checkpoint.save(run / "ckpt", m, None, {"step": 0})
     tok.save(run / "tokenizer.json")
     (run / "config.json").write_text(json.dumps(dict(model=cfg.to_dict())))
@@ -72,26 +79,14 @@ def endless_run(local_run, tmp_path_factory):
     """A tiny random GPT on local_run's tokenizer, with a 2,048-token context, that never samples a stop token: a
     constant feature in the residual stream's first dimension (the blocks never write to it) gives the stop tokens
     a hugely negative logit at every position."""
-    import torch
-    from nanogpt4.model.gpt import GPT, ModelConfig
     from nanogpt4.tokenizer import Tokenizer
-    from nanogpt4 import checkpoint
     tok = Tokenizer.load(local_run / "tokenizer.json")
-    run = tmp_path_factory.mktemp("endless")
-    cfg = ModelConfig(vocab_size=tok.vocab_size, n_layer=2, n_embd=32, n_head=2, n_kv_head=1, seq_len=2048)
-    m = GPT(cfg)
-    m.init_weights(seed=0)
-    with torch.no_grad():
-        g = torch.Generator().manual_seed(0)
-        for p in m.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.3)
+
+    def never_stop(m):
         m.wte.weight[:, 0] = 1.0
         for block in m.blocks:
             block.attn.c_proj.weight[0] = 0
             block.mlp.c_proj.weight[0] = 0
         m.lm_head.weight[:, 0] = 0
         m.lm_head.weight[[tok.eot_id, tok.special("end")], 0] = -1000.0
-    checkpoint.save(run / "ckpt", m, None, {"step": 0})
-    tok.save(run / "tokenizer.json")
-    (run / "config.json").write_text(json.dumps(dict(model=cfg.to_dict())))
-    return run
+    return random_run(tmp_path_factory.mktemp("endless"), tok, seq_len=2048, edit=never_stop)

@@ -14,7 +14,6 @@ import importlib.util
 import json
 import os
 import re
-import socket
 import threading
 import time
 import urllib.error
@@ -36,7 +35,6 @@ WAIT = 20  # seconds for anything the page waits on
 
 @pytest.fixture(scope="module")
 def server(endless_run, tmp_path_factory):
-    import uvicorn
     sha = runs.checkpoint_id(endless_run).split(":")[1]
     models = M.parse({"snapshots": {SNAPSHOT: {"run": str(endless_run), "checkpoint_sha256": sha}},
                       "aliases": {"nano4": SNAPSHOT}})
@@ -45,20 +43,11 @@ def server(endless_run, tmp_path_factory):
     stop_key, stop_record = keys.create(db, "stop")
     served = api.load(models, device="cpu", max_rows=4)
     app = api.create_app(models, served, db, chat_cap=limits.ChatCap(CAP, 4))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
+    srv, thread, url = api.in_thread(app)
     lifetime = threading.Timer(SERVER_LIFETIME, lambda: setattr(srv, "should_exit", True))
     lifetime.daemon = True
     lifetime.start()
-    deadline = time.time() + 30
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert srv.started, "the test server did not start"
-    yield dict(url=f"http://127.0.0.1:{port}", db=db, key=key, key_id=record.id, stop_key=stop_key,
+    yield dict(url=url, db=db, key=key, key_id=record.id, stop_key=stop_key,
                stop_key_id=stop_record.id, tok=served[SNAPSHOT].tok)
     lifetime.cancel()
     srv.should_exit = True

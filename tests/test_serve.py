@@ -14,7 +14,6 @@ import urllib.request
 
 import openai
 import pytest
-import uvicorn
 
 from nanogpt4 import chat, runs
 from nanogpt4.cli import main as cli
@@ -39,16 +38,8 @@ def server(local_run, endless_run, tmp_path_factory):
     cap = limits.ChatCap(2, 1.0)
     app = api.create_app(models, served, db, moderator=Marker(), chat_cap=cap,
                          monitor=monitor.Monitor(Marker(), suspend_rate=0.5, min_requests=4))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.05)
-    yield dict(url=f"http://127.0.0.1:{port}", served=served, key=key, revoked=revoked, db=db, models=models,
+    srv, thread, url = api.in_thread(app)
+    yield dict(url=url, served=served, key=key, revoked=revoked, db=db, models=models,
                home=home, cap=cap)
     srv.should_exit = True
     thread.join(10)

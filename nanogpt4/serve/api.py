@@ -419,25 +419,33 @@ def main(args):
             scratch.cleanup()
 
 
-def smoke_test(app, db, args, moderation, t0):
-    """Serve on a free port of 127.0.0.1 in a thread, run serve/smoke.py against it, stop; returns its result."""
+def in_thread(app, timeout=60):
+    """Serve `app` on a free port of 127.0.0.1 from a thread (smoke test, tests); returns (uvicorn.Server, its
+    thread, its URL) once it listens. Stop it with `server.should_exit = True` and join the thread."""
     import socket
     import uvicorn
-    from . import smoke
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
+    deadline = time.time() + timeout
+    while not server.started:
+        if time.time() > deadline or not thread.is_alive():
+            server.should_exit = True
+            raise RuntimeError("the server did not start")
+        time.sleep(0.05)
+    return server, thread, f"http://127.0.0.1:{port}"
+
+
+def smoke_test(app, db, args, moderation, t0):
+    """Serve in a thread, run serve/smoke.py against it, stop; returns its result."""
+    from . import smoke
+    server, thread, url = in_thread(app)
     try:
-        deadline = time.time() + 60
-        while not server.started:
-            if time.time() > deadline or not thread.is_alive():
-                raise RuntimeError("the smoke-test server did not start")
-            time.sleep(0.05)
         key = keys.create(db, "smoke-test")[0] if not args.no_auth else "unused"
-        result = smoke.run(f"http://127.0.0.1:{port}", key, db, moderation)
+        result = smoke.run(url, key, db, moderation)
     finally:
         server.should_exit = True
         thread.join(30)
