@@ -14,6 +14,7 @@ STAGES = {  # name: (module, help)
     "scaling": ("nanogpt4.scaling.stage", "ladder, registered predictions and their verification"),
     "eval": ("nanogpt4.evals.run", "run registry evals (openai/evals format) on a model; show records"),
     "report": ("nanogpt4.evals.card", "the eval report card of a run: benchmarks, calibration, contamination"),
+    "sft": ("nanogpt4.posttrain.sft", "supervised fine-tuning on conversations (loss on assistant tokens)"),
     "keys": ("nanogpt4.serve.keys", "API keys of the server: create (shown once), list, revoke"),
     "usage": ("nanogpt4.serve.usage", "the server's metered usage per key, model and day, with cost"),
     "moderation": ("nanogpt4.serve.moderation", "the moderation classifier: train (with held-out metrics), check TEXT"),

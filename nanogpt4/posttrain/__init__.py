@@ -1,0 +1,1 @@
+"""Post-training: SFT, reward model, RBRMs, PPO, DPO (issue 11)."""

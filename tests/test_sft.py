@@ -1,0 +1,65 @@
+"""SFT: the loss is on assistant tokens only, training lowers held-out loss on a learnable task, a killed run
+resumes to the same weights, and a run directory refuses other settings."""
+import json
+import random
+import shutil
+
+import pytest
+from safetensors.torch import load_file
+
+from nanogpt4 import chat
+from nanogpt4.common import UserError
+from nanogpt4.posttrain import sft
+from nanogpt4.tokenizer import Tokenizer
+
+WORDS = ["cat", "dog", "moon", "sea", "bird", "road", "song", "bread", "king", "river"]
+
+
+def conversations(path, n=240, seed=0):
+    """Echo tasks: the answer repeats the user's words, a thing a tiny model learns in a few hundred steps. Every
+    fifth conversation is held out; one is too long for the context."""
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for i in range(n):
+            words = " ".join(rng.choice(WORDS) for _ in range(3))
+            msgs = [{"role": "system", "content": "Repeat."}, {"role": "user", "content": words},
+                    {"role": "assistant", "content": words}]
+            f.write(json.dumps({"messages": msgs, "split": "heldout" if i % 5 == 0 else "train"}) + "\n")
+        long = [{"role": "user", "content": "the sea " * 80}, {"role": "assistant", "content": "ok"}]
+        f.write(json.dumps({"messages": long, "split": "train"}) + "\n")
+    return path
+
+
+def test_loss_mask_covers_assistant_tokens_only(local_run):
+    tok = Tokenizer.load(local_run / "tokenizer.json")
+    msgs = [{"role": "user", "content": "cat dog"}, {"role": "assistant", "content": "cat dog"}]
+    r = chat.render(tok, msgs, generate=False)
+    x, y, m = sft.padded([(r.ids, r.mask), (r.ids[:-2], r.mask[:-2])], tok.eot_id)
+    assert m[0].tolist() == r.mask[1:] and y[0].tolist() == r.ids[1:]
+    assert m[1, -2:].tolist() == [0, 0]  # padding is never trained on
+    answer = [t for t, k in zip(r.ids, r.mask) if k]
+    assert answer == tok.encode("cat dog") + [tok.special("end")]
+
+
+def test_sft_learns_resumes_exactly_and_guards_its_run(local_run, tmp_path):
+    data = conversations(tmp_path / "sft.jsonl")
+    out = tmp_path / "sft"
+    kw = dict(steps=40, batch_size=16, lr=6e-3, eval_every=20, dtype="float32", quiet=True)
+    done = sft.train(local_run, data, out, **kw)
+    assert done["dropped_too_long"] == 1 and done["heldout_conversations"] == 48
+    assert done["heldout_loss"] < 0.8 * done["heldout_loss_base"], done
+    final = load_file(sorted((out / "ckpt").glob("step_*"))[-1] / "model.safetensors")
+    # a run killed after its step-20 checkpoint resumes to the same step-40 weights
+    again = tmp_path / "again"
+    shutil.copytree(out, again)
+    shutil.rmtree(sorted((again / "ckpt").glob("step_*"))[-1])
+    (again / "done.json").unlink()
+    resumed = sft.train(local_run, data, again, resume=True, **kw)
+    weights = load_file(sorted((again / "ckpt").glob("step_*"))[-1] / "model.safetensors")
+    assert all((weights[k] == final[k]).all() for k in final) and resumed["heldout_loss"] == done["heldout_loss"]
+    with pytest.raises(FileExistsError):
+        sft.train(local_run, data, out, **kw)
+    with pytest.raises(UserError, match="another base, data or settings"):
+        sft.train(local_run, data, out, resume=True, **dict(kw, lr=1e-3))
+    with pytest.raises(UserError, match="does not exist"):
+        sft.train(local_run, tmp_path / "missing.jsonl", tmp_path / "x", **kw)
