@@ -15,6 +15,7 @@ STAGES = {  # name: (module, help)
     "eval": ("nanogpt4.evals.run", "run registry evals (openai/evals format) on a model; show records"),
     "report": ("nanogpt4.evals.card", "the eval report card of a run: benchmarks, calibration, contamination"),
     "sft": ("nanogpt4.posttrain.sft", "supervised fine-tuning on conversations (loss on assistant tokens)"),
+    "rm": ("nanogpt4.posttrain.reward", "the reward model: Bradley-Terry on preference pairs, from the SFT run"),
     "keys": ("nanogpt4.serve.keys", "API keys of the server: create (shown once), list, revoke"),
     "usage": ("nanogpt4.serve.usage", "the server's metered usage per key, model and day, with cost"),
     "moderation": ("nanogpt4.serve.moderation", "the moderation classifier: train (with held-out metrics), check TEXT"),

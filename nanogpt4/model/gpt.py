@@ -284,11 +284,13 @@ class GPT(nn.Module):
             x = x.masked_scatter(pos.unsqueeze(-1), images.to(x.dtype))
         return x
 
-    def forward(self, idx, targets=None, images=None, cache=None, loss_mask=None, reduction="mean", logits_at=None):
+    def forward(self, idx, targets=None, images=None, cache=None, loss_mask=None, reduction="mean", logits_at=None,
+                features=False):
         """idx (B,T) token ids; images (n_placeholders, n_embd) row-major over placeholder positions; cache: a
         KVCache (or a `rows(...)` view of one) whose rows continue from their own lengths; returns logits (B,T,V),
         or only at position logits_at[b] of each row (B,V), or, with targets, the mean cross-entropy
-        (ignore_index -1)."""
+        (ignore_index -1); `features`: the final normalised hidden states instead of logits (B,T,C), what the
+        reward model's and the value function's scalar heads read."""
         B, T = idx.shape
         if cache is None:
             if T > self.cfg.seq_len:
@@ -308,6 +310,8 @@ class GPT(nn.Module):
         if logits_at is not None:
             x = x[torch.arange(B, device=x.device), logits_at]
         x = rms_norm(x)
+        if features:
+            return x
         logits = self.lm_head(x) / self.width_mult  # muP readout multiplier
         if targets is None:
             return logits

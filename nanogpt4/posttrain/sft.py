@@ -69,19 +69,21 @@ def heldout_loss(model, data, size, pad, autocast):
     return total / max(count, 1)
 
 
-def setup(base, data_path, out, cfg, resume):
-    """The run directory (config.json, tokenizer.json) and the base model; refuses a run started otherwise."""
+def setup(base, data_path, out, cfg, resume, kind="sft"):
+    """The run directory (config.json with `cfg` under `kind`, tokenizer.json) and the base run loaded; refuses a
+    run directory started from another base, data or settings. Shared by the post-training stages."""
     out, data_path = Path(out), Path(data_path)
     if not data_path.exists():
-        raise UserError(f"SFT data {data_path} does not exist (build it with `nanogpt4 posttrain-data`)")
+        raise UserError(f"{kind} data {data_path} does not exist (build it with `nanogpt4 posttrain-data`)")
     b = runs.load(base, device="cpu")
-    record = dict(model=b.model.cfg.to_dict(), sft=cfg, base=dict(run=str(Path(base).resolve()), checkpoint=b.checkpoint_id),
+    inherited = {"train": b.config["train"]} if "train" in b.config else {}  # the base's muP multipliers etc.
+    record = dict(model=b.model.cfg.to_dict(), **inherited, **{kind: cfg}, base=dict(run=str(Path(base).resolve()), checkpoint=b.checkpoint_id),
                   data=dict(path=str(data_path.resolve()), sha256=sha256_file(data_path)))
     if (out / "config.json").exists():
         old = json.loads((out / "config.json").read_text())
         if not resume:
-            raise FileExistsError(f"{out} already holds an SFT run: pass --resume to continue it, or use a new --out")
-        if {k: old.get(k) for k in ("model", "sft", "base", "data")} != record:
+            raise FileExistsError(f"{out} already holds a run: pass --resume to continue it, or use a new --out")
+        if {k: old.get(k) for k in record} != record:
             raise UserError(f"{out} was started with another base, data or settings; use a new --out")
     else:
         out.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,6 @@
-"""SFT: the loss is on assistant tokens only, training lowers held-out loss on a learnable task, a killed run
-resumes to the same weights, and a run directory refuses other settings."""
+"""Post-training on a tiny model: SFT's loss is on assistant tokens only, it lowers held-out loss on a learnable
+task, a killed run resumes to the same weights, a run directory refuses other settings; the reward model learns
+generated preferences well above chance on held-out prompts."""
 import json
 import random
 import shutil
@@ -63,3 +64,23 @@ def test_sft_learns_resumes_exactly_and_guards_its_run(local_run, tmp_path):
         sft.train(local_run, data, out, resume=True, **dict(kw, lr=1e-3))
     with pytest.raises(UserError, match="does not exist"):
         sft.train(local_run, tmp_path / "missing.jsonl", tmp_path / "x", **kw)
+
+
+def test_reward_model_learns_generated_preferences(local_run, tmp_path):
+    from nanogpt4.posttrain import reward
+    from nanogpt4.common import iter_jsonl
+    data = conversations(tmp_path / "sft.jsonl")
+    convs = [dict(r, category="chat") for r in iter_jsonl(data)][:-1]
+    pairs = reward.make_pairs(convs, ["Sorry, I can't help with that."], seed=0)
+    assert {p["kind"] for p in pairs} == {"off_topic", "wrong_refusal"}  # 3-word answers are never truncated
+    assert all(p["chosen"] != p["rejected"] for p in pairs)
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    done = reward.train(local_run, path, tmp_path / "rm", steps=80, batch_size=16, lr=3e-3, eval_every=40,
+                        dtype="float32", quiet=True, hhh_path=path)
+    assert done["heldout_pairs"] == sum(p["split"] == "heldout" for p in pairs) > 20
+    assert done["heldout_accuracy"] >= 0.8, done  # chance is 0.5
+    model, tok = reward.load(tmp_path / "rm")
+    enc = reward.encode_pair(tok, pairs[0], 64)
+    r = reward.rewards(model, enc, tok.eot_id)
+    assert r.shape == (2,) and r[0] != r[1]
