@@ -9,9 +9,9 @@ from nanogpt4.posttrain import objectives as O
 
 
 def test_token_and_sequence_logprobs():
-    logits = torch.zeros(1, 3, 4)  # uniform over 4 tokens
+    logits = torch.zeros(1, 2, 4)  # uniform over 4 tokens
     logits[0, 1, 2] = math.log(3.0)  # position 1: token 2 has probability 3/6
-    lp = O.token_logprobs(logits, torch.tensor([[0, 1, 2]]))
+    lp = O.token_logprobs(logits, torch.tensor([[1, 2]]))
     assert lp[0].tolist() == pytest.approx([math.log(0.25), math.log(0.5)])
     assert O.sequence_logprob(lp, torch.tensor([[0.0, 1.0]])).item() == pytest.approx(math.log(0.5))
 

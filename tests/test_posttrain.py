@@ -1,6 +1,6 @@
 """Post-training on a tiny model: SFT's loss is on assistant tokens only, it lowers held-out loss on a learnable
-task, a killed run resumes to the same weights, a run directory refuses other settings; the reward model learns
-generated preferences well above chance on held-out prompts."""
+task, a killed run resumes to the same weights, a run directory refuses other settings; the reward model and DPO
+learn generated preferences well above chance on held-out prompts."""
 import json
 import random
 import shutil
@@ -84,3 +84,19 @@ def test_reward_model_learns_generated_preferences(local_run, tmp_path):
     enc = reward.encode_pair(tok, pairs[0], 64)
     r = reward.rewards(model, enc, tok.eot_id)
     assert r.shape == (2,) and r[0] != r[1]
+
+
+def test_dpo_moves_the_policy_toward_chosen_answers(local_run, tmp_path):
+    from nanogpt4.posttrain import dpo, reward
+    from nanogpt4.common import iter_jsonl
+    data = conversations(tmp_path / "sft.jsonl")
+    convs = [dict(r, category="chat") for r in iter_jsonl(data)][:-1]
+    pairs = reward.make_pairs(convs, ["Sorry, I can't help with that."], seed=1)
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    done = dpo.train(local_run, path, tmp_path / "dpo", steps=80, batch_size=16, lr=3e-3, beta=0.5, eval_every=40,
+                     dtype="float32", quiet=True)
+    assert done["heldout_accuracy_sft"] <= 0.5  # the reference against itself: every margin is 0
+    assert done["heldout_accuracy"] >= 0.8, done
+    metrics = list(iter_jsonl(tmp_path / "dpo" / "metrics.jsonl"))
+    assert metrics[1]["loss"] == pytest.approx(0.6931, abs=1e-3)  # step 1 starts at the reference: log 2

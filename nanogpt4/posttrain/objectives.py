@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 
-def token_logprobs(logits, ids):
-    """log p(ids[:, t+1] | ids[:, ≤t]) for each position: (B, T-1), from logits (B, T, V) of the model on ids."""
-    return torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+def token_logprobs(logits, targets):
+    """log p(targets[:, t]) under logits[:, t] (B, T, V) — the model run on the inputs, targets shifted by one."""
+    return torch.log_softmax(logits.float(), -1).gather(-1, targets[..., None]).squeeze(-1)
 
 
 def sequence_logprob(token_lp, mask):
