@@ -100,3 +100,24 @@ def test_dpo_moves_the_policy_toward_chosen_answers(local_run, tmp_path):
     assert done["heldout_accuracy"] >= 0.8, done
     metrics = list(iter_jsonl(tmp_path / "dpo" / "metrics.jsonl"))
     assert metrics[1]["loss"] == pytest.approx(0.6931, abs=1e-3)  # step 1 starts at the reference: log 2
+
+
+def test_ppo_raises_a_rule_based_reward(local_run, tmp_path):
+    from nanogpt4.posttrain import ppo, reward
+    from nanogpt4.common import iter_jsonl
+    data = conversations(tmp_path / "sft.jsonl")
+    convs = [dict(r, category="chat") for r in iter_jsonl(data)][:-1]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(p) + "\n" for p in reward.make_pairs(convs, ["Sorry, I can't."])))
+    reward.train(local_run, pairs, tmp_path / "rm", steps=20, batch_size=16, eval_every=20, dtype="float32",
+                 quiet=True)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(dict(messages=c["messages"][:-1], category="chat", split=c["split"])) + "\n"
+                               for c in convs))
+    likes_bread = lambda prompt, answer: float("bread" in answer)  # noqa: E731 — a rule the policy can learn
+    done = ppo.train(local_run, tmp_path / "rm", prompts, tmp_path / "rlhf", steps=20, prompts_per_step=16,
+                     max_tokens=12, lr=3e-3, kl_coef=0.01, extra=likes_bread, extra_weight=2.0, quiet=True)
+    rows = list(iter_jsonl(tmp_path / "rlhf" / "metrics.jsonl"))
+    first, last = [sum(r["reward_rules"] for r in rows[i:i + 5]) / 5 for i in (0, len(rows) - 5)]
+    assert last > first + 0.2, (first, last)
+    assert done["step"] == 20 and done["kl_last"] > 0  # it moved away from the reference, and paid for it

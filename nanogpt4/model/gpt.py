@@ -263,6 +263,10 @@ class GPT(nn.Module):
             dict(params=gates, lr=lr * embed_mult, weight_decay=0.0, name="gates"),  # per-head scalars: width-free
         ]
 
+    def readout(self, features):
+        """Logits from final features (forward(..., features=True)): the muP readout multiplier applied."""
+        return self.lm_head(features) / self.width_mult
+
     def num_params(self, non_embedding=False):
         n = sum(p.numel() for p in self.parameters())
         return n - self.wte.weight.numel() - self.lm_head.weight.numel() if non_embedding else n
@@ -312,7 +316,7 @@ class GPT(nn.Module):
         x = rms_norm(x)
         if features:
             return x
-        logits = self.lm_head(x) / self.width_mult  # muP readout multiplier
+        logits = self.readout(x)
         if targets is None:
             return logits
         if loss_mask is not None:

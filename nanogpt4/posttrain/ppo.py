@@ -1,0 +1,198 @@
+"""RLHF with PPO (`nanogpt4 rlhf`; Ouyang et al. 2022, Ziegler et al. 2019): the SFT policy samples answers to
+prompts through the engine (engine.py, on the in-memory policy), the reward model scores each answer, an optional
+rule-based reward (the RBRM's, for safety-relevant and allowed prompts) is added with its weight, and every
+sampled token pays a KL penalty to the frozen SFT reference. Advantages by GAE on a value head that shares the
+policy's trunk; PPO's clipped policy and value losses (objectives.py), a few epochs over each batch of rollouts.
+
+Logged per step: reward (model, rule-based, total), KL to the reference, entropy, clip fraction, answer length.
+The run directory holds the policy as a plain GPT checkpoint (ckpt/: what `nanogpt4 serve`, the evals and
+`runs.load` read) and the training state beside it (state/: value head + optimizer), so `--resume` continues.
+"""
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .. import chat, checkpoint
+from ..common import UserError, atomic_write_json, iter_jsonl
+from ..engine import Engine, SamplingParams
+from . import objectives as O
+from . import reward as R
+from .sft import log, setup
+
+
+class Value(nn.Module):
+    """The value head: a scalar per position from the policy trunk's final features (zero-initialised)."""
+
+    def __init__(self, n_embd):
+        super().__init__()
+        self.head = nn.Linear(n_embd, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, h):
+        return self.head(h.float()).squeeze(-1)
+
+
+def rollout(engine, tok, prompts, max_tokens, seed):
+    """Sample one answer per prompt (conversations ending before the answer); returns [(prompt ids, answer ids,
+    answer text)] with the closing stop token kept in the ids (the policy chose to end)."""
+    ids = [chat.render(tok, p["messages"]).ids for p in prompts]
+    params = [SamplingParams(max_tokens=max_tokens, temperature=1.0, seed=seed * 100_003 + i) for i in range(len(ids))]
+    outs = engine.generate(ids, params)
+    return [(i, o.choices[0].token_ids, o.choices[0].text) for i, o in zip(ids, outs)]
+
+
+def batch_tensors(samples, pad):
+    """ids (B, T) of prompt + answer, targets, and the mask over the answer's tokens among the targets."""
+    T = max(len(p) + len(a) for p, a, _ in samples)
+    x = torch.full((len(samples), T), pad, dtype=torch.long)
+    m = torch.zeros((len(samples), T), dtype=torch.float)
+    for b, (p, a, _) in enumerate(samples):
+        x[b, :len(p) + len(a)] = torch.tensor(p + a)
+        m[b, len(p):len(p) + len(a)] = 1
+    return x[:, :-1], x[:, 1:], m[:, 1:]
+
+
+def forward(policy, value, x, y):
+    """Per-token log-probabilities of the targets, values and entropies."""
+    h = policy(x, features=True)
+    logits = policy.readout(h).float()
+    logp_all = torch.log_softmax(logits, -1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logp_all.gather(-1, y[..., None]).squeeze(-1), value(h), entropy
+
+
+def scores(rm, rm_tok, prompts, samples, extra, weight):
+    """The reward model's score of each answer, the rule-based reward (weighted) and their sum."""
+    pairs = [chat.render(rm_tok, p["messages"] + [{"role": "assistant", "content": text}], generate=False).ids
+             for p, (_, _, text) in zip(prompts, samples)]
+    with torch.no_grad():
+        r_model = R.rewards(rm, [ids[-rm.trunk.cfg.seq_len:] for ids in pairs], rm_tok.eot_id).float()
+    r_rule = torch.tensor([extra(p, text) for p, (_, _, text) in zip(prompts, samples)]) if extra else \
+        torch.zeros(len(samples))
+    return r_model, r_rule, r_model + weight * r_rule
+
+
+def train(sft_run, rm_run, prompts_path, out, steps=60, prompts_per_step=16, max_tokens=48, lr=1e-4, kl_coef=0.05,
+          epochs=2, minibatch=8, clip=0.2, value_coef=0.5, seed=0, extra=None, extra_weight=1.0, dtype="float32",
+          resume=False, quiet=False):
+    """PPO from the SFT run against the reward model in `rm_run` on the training prompts at `prompts_path`;
+    `extra(prompt, answer) -> float` is an optional rule-based reward added with `extra_weight`. Returns done.json."""
+    rm, rm_tok = R.load(rm_run)
+    cfg = dict(steps=steps, prompts_per_step=prompts_per_step, max_tokens=max_tokens, lr=lr, kl_coef=kl_coef,
+               epochs=epochs, minibatch=minibatch, clip=clip, value_coef=value_coef, seed=seed,
+               extra_weight=extra_weight if extra else 0.0, dtype=dtype, reward_model=str(Path(rm_run).resolve()))
+    b = setup(sft_run, prompts_path, out, cfg, resume, kind="rlhf")
+    out, tok, policy = Path(out), b.tok, b.model.train()
+    reference = R.RewardModel(policy.cfg).trunk  # a second GPT with the SFT weights, frozen
+    reference.load_state_dict(policy.state_dict())
+    reference.eval().requires_grad_(False)
+    value = Value(policy.cfg.n_embd)
+    prompts = [p for p in iter_jsonl(prompts_path) if p.get("split", "train") == "train"
+               and len(chat.render(tok, p["messages"]).ids) + max_tokens <= policy.cfg.seq_len]
+    if len(prompts) < prompts_per_step:
+        raise UserError(f"{prompts_path}: {len(prompts)} training prompts fit the context with {max_tokens} new "
+                        f"tokens, fewer than --prompts-per-step")
+    tc = b.config.get("train", {})
+    opt = torch.optim.AdamW([dict(params=value.parameters(), lr=lr * tc.get("readout_lr_mult", 1.0))] +
+                            policy.param_groups(lr, 0.0, tc.get("embed_lr_mult", 1.0), tc.get("readout_lr_mult", 1.0)),
+                            betas=(0.9, 0.95), eps=1e-8)
+    engine = Engine(policy, tok, max_rows=prompts_per_step)
+    metrics, step = out / "metrics.jsonl", 0
+    latest = checkpoint.latest_valid(out / "state")[0] if resume else None
+    if latest:
+        step = checkpoint.load(latest, value, opt)["step"]
+        checkpoint.load(out / "ckpt" / latest.name, policy)
+        keep = [r for r in iter_jsonl(metrics, torn_tail=True) if r["step"] <= step] if metrics.exists() else []
+        metrics.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    else:
+        metrics.unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    while step < steps:
+        batch = random.Random(seed * 1_000_003 + step).sample(prompts, prompts_per_step)
+        rec = ppo_step(policy, reference, value, opt, engine, tok, rm, rm_tok, batch, extra, extra_weight, kl_coef,
+                       epochs, minibatch, clip, value_coef, max_tokens, seed * 1_000_003 + step)
+        step += 1
+        rec["step"] = step
+        if step % 10 == 0 or step == steps:
+            meta = dict(step=step, config=policy.cfg.to_dict())
+            checkpoint.save(out / "ckpt", policy, None, meta)
+            checkpoint.save(out / "state", value, opt, meta)
+            for root in ("ckpt", "state"):
+                checkpoint.prune(out / root, keep=2)
+        if not quiet:
+            print(f"rlhf step {step}/{steps}: reward {rec['reward']:.3f} (model {rec['reward_model']:.3f}, rules "
+                  f"{rec['reward_rules']:.3f}), kl {rec['kl']:.4f}, length {rec['answer_tokens']:.1f}", flush=True)
+        log(metrics, rec)
+    rows = list(iter_jsonl(metrics))
+    done = dict(step=step, prompts=len(prompts), seconds=round(time.perf_counter() - t0, 1),
+                reward_first=rows[0]["reward"], reward_last=rows[-1]["reward"], kl_last=rows[-1]["kl"])
+    atomic_write_json(out / "done.json", done)
+    return done
+
+
+def ppo_step(policy, reference, value, opt, engine, tok, rm, rm_tok, prompts, extra, extra_weight, kl_coef,
+             epochs, minibatch, clip, value_coef, max_tokens, seed):
+    """One PPO iteration: roll out, score, compute advantages, then `epochs` passes of minibatch updates."""
+    samples = rollout(engine, tok, prompts, max_tokens, seed)
+    r_model, r_rule, total = scores(rm, rm_tok, prompts, samples, extra, extra_weight)
+    x, y, mask = batch_tensors(samples, tok.eot_id)
+    with torch.no_grad():
+        old_logp, old_values, _ = forward(policy, value, x, y)
+        ref_logp = O.token_logprobs(reference(x), y)
+    kl = O.kl_penalty(old_logp, ref_logp) * mask
+    rewards = -kl_coef * kl
+    last = (mask * torch.arange(mask.size(1))).argmax(1)  # each answer's last token gets its score
+    rewards[torch.arange(len(samples)), last] += total
+    adv, returns = O.gae(rewards, old_values * mask, mask)
+    adv = O.whiten(adv, mask)
+    stats = dict(entropy=0.0, clipfrac=0.0, policy_loss=0.0, value_loss=0.0)
+    for _ in range(epochs):
+        order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed))
+        for i in range(0, len(samples), minibatch):
+            j = order[i:i + minibatch]
+            logp, values, entropy = forward(policy, value, x[j], y[j])
+            pl, vl, cf = O.ppo_losses(logp, old_logp[j], adv[j], values, old_values[j], returns[j], mask[j], clip)
+            (pl + value_coef * vl).backward()
+            torch.nn.utils.clip_grad_norm_(list(policy.parameters()) + list(value.parameters()), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            for k, v in (("entropy", O.masked_mean(entropy.detach(), mask[j])), ("clipfrac", cf),
+                         ("policy_loss", pl.detach()), ("value_loss", vl.detach())):
+                stats[k] += v.item() / (epochs * -(-len(samples) // minibatch))
+    return dict(reward=total.mean().item(), reward_model=r_model.mean().item(), reward_rules=r_rule.mean().item(),
+                kl=(kl.sum(1) / mask.sum(1).clamp(min=1)).mean().item(), answer_tokens=mask.sum(1).mean().item(),
+                **stats)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def add_args(p):
+    p.add_argument("--sft", default="runs/default/sft", help="the SFT run: the starting policy and the KL reference")
+    p.add_argument("--rm", default="runs/default/rm", help="the reward-model run")
+    p.add_argument("--prompts", default="runs/default/posttrain/data/prompts.jsonl",
+                   help="prompts (JSONL: messages up to the answer, category, split); the train split is used")
+    p.add_argument("--out", default="runs/default/rlhf", help="the RLHF run directory")
+    p.add_argument("--steps", type=int, default=60, help="PPO iterations (each: rollouts, then updates)")
+    p.add_argument("--prompts-per-step", type=int, default=16, help="answers sampled per iteration")
+    p.add_argument("--max-tokens", type=int, default=48, help="longest answer sampled")
+    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of the hidden matrices")
+    p.add_argument("--kl-coef", type=float, default=0.05, help="per-token KL penalty to the SFT reference")
+    p.add_argument("--epochs", type=int, default=2, help="passes over each iteration's rollouts")
+    p.add_argument("--minibatch", type=int, default=8, help="answers per update")
+    p.add_argument("--clip", type=float, default=0.2, help="PPO's ratio clip")
+    p.add_argument("--seed", type=int, default=0, help="seed of prompt order and sampling")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+
+
+def main(args):
+    if min(args.steps, args.prompts_per_step, args.max_tokens, args.epochs, args.minibatch) < 1 or not args.lr > 0:
+        raise UserError("--steps, --prompts-per-step, --max-tokens, --epochs and --minibatch must be ≥ 1; --lr > 0")
+    done = train(args.sft, args.rm, args.prompts, args.out, args.steps, args.prompts_per_step, args.max_tokens,
+                 args.lr, args.kl_coef, args.epochs, args.minibatch, args.clip, seed=args.seed, resume=args.resume)
+    print(json.dumps(done))
+    return done
