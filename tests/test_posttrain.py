@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from nanogpt4 import chat
 from nanogpt4.common import UserError
 from nanogpt4.posttrain import sft
+from nanogpt4.posttrain.data import make_pairs
 from nanogpt4.tokenizer import Tokenizer
 
 WORDS = ["cat", "dog", "moon", "sea", "bird", "road", "song", "bread", "king", "river"]
@@ -71,14 +72,14 @@ def test_reward_model_learns_generated_preferences(local_run, tmp_path):
     from nanogpt4.common import iter_jsonl
     data = conversations(tmp_path / "sft.jsonl")
     convs = [dict(r, category="chat") for r in iter_jsonl(data)][:-1]
-    pairs = reward.make_pairs(convs, ["Sorry, I can't help with that."], seed=0)
+    pairs = make_pairs(convs, seed=0)
     assert {p["kind"] for p in pairs} == {"off_topic", "wrong_refusal"}  # 3-word answers are never truncated
     assert all(p["chosen"] != p["rejected"] for p in pairs)
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps(p) + "\n" for p in pairs))
     done = reward.train(local_run, path, tmp_path / "rm", steps=80, batch_size=16, lr=3e-3, eval_every=40,
                         dtype="float32", quiet=True, hhh_path=path)
-    assert done["heldout_pairs"] == sum(p["split"] == "heldout" for p in pairs) > 20
+    assert 20 < done["heldout_pairs"] <= sum(p["split"] == "heldout" for p in pairs)  # longer ones do not fit
     assert done["heldout_accuracy"] >= 0.8, done  # chance is 0.5
     model, tok = reward.load(tmp_path / "rm")
     enc = reward.encode_pair(tok, pairs[0], 64)
@@ -86,15 +87,15 @@ def test_reward_model_learns_generated_preferences(local_run, tmp_path):
     assert r.shape == (2,) and r[0] != r[1]
 
 
-def test_dpo_moves_the_policy_toward_chosen_answers(local_run, tmp_path):
+def test_dpo_moves_the_policy_toward_chosen_answers(endless_run, tmp_path):
     from nanogpt4.posttrain import dpo, reward
     from nanogpt4.common import iter_jsonl
     data = conversations(tmp_path / "sft.jsonl")
     convs = [dict(r, category="chat") for r in iter_jsonl(data)][:-1]
-    pairs = reward.make_pairs(convs, ["Sorry, I can't help with that."], seed=1)
+    pairs = make_pairs(convs, seed=1)
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps(p) + "\n" for p in pairs))
-    done = dpo.train(local_run, path, tmp_path / "dpo", steps=80, batch_size=16, lr=3e-3, beta=0.5, eval_every=40,
+    done = dpo.train(endless_run, path, tmp_path / "dpo", steps=150, batch_size=16, lr=3e-3, beta=0.5, eval_every=75,
                      dtype="float32", quiet=True)
     assert done["heldout_accuracy_sft"] <= 0.5  # the reference against itself: every margin is 0
     assert done["heldout_accuracy"] >= 0.8, done
@@ -108,7 +109,7 @@ def test_ppo_raises_a_rule_based_reward(local_run, tmp_path):
     data = conversations(tmp_path / "sft.jsonl")
     convs = [dict(r, category="chat") for r in iter_jsonl(data)][:-1]
     pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps(p) + "\n" for p in reward.make_pairs(convs, ["Sorry, I can't."])))
+    pairs.write_text("".join(json.dumps(p) + "\n" for p in make_pairs(convs, seed=0)))
     reward.train(local_run, pairs, tmp_path / "rm", steps=20, batch_size=16, eval_every=20, dtype="float32",
                  quiet=True)
     prompts = tmp_path / "prompts.jsonl"
