@@ -88,7 +88,7 @@ def test_reward_model_learns_generated_preferences(local_run, tmp_path):
 
 
 def test_dpo_moves_the_policy_toward_chosen_answers(endless_run, tmp_path):
-    from nanogpt4.posttrain import dpo, reward
+    from nanogpt4.posttrain import dpo
     from nanogpt4.common import iter_jsonl
     data = conversations(tmp_path / "sft.jsonl")
     convs = [dict(r, category="chat") for r in iter_jsonl(data)][:-1]
