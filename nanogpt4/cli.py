@@ -17,6 +17,7 @@ STAGES = {  # name: (module, help)
     "posttrain-data": ("nanogpt4.posttrain.data", "build the post-training datasets (SFT, prompts, HHH, refusal labels)"),
     "sft": ("nanogpt4.posttrain.sft", "supervised fine-tuning on conversations (loss on assistant tokens)"),
     "rm": ("nanogpt4.posttrain.reward", "the reward model: Bradley-Terry on preference pairs, from the SFT run"),
+    "rbrm": ("nanogpt4.posttrain.rbrm", "rule-based reward models: train and evaluate the grader, fit the weights"),
     "rlhf": ("nanogpt4.posttrain.ppo", "RLHF: PPO against the reward model with a KL penalty to the SFT policy"),
     "dpo": ("nanogpt4.posttrain.dpo", "direct preference optimisation of the SFT policy on the preference pairs"),
     "keys": ("nanogpt4.serve.keys", "API keys of the server: create (shown once), list, revoke"),

@@ -1,5 +1,6 @@
 """The post-training objectives against hand-computed examples: Bradley–Terry, DPO's logit, GAE, the KL penalty,
-PPO's clipping of the policy ratio and of the value."""
+PPO's clipping of the policy ratio and of the value; the RBRM's class probabilities, its classifier and grader
+backends, and the weight fit that repairs a bad rubric."""
 import math
 
 import pytest
@@ -70,3 +71,55 @@ def test_ppo_clipping():
     _, value, _ = O.ppo_losses(torch.zeros(1, 1), torch.zeros(1, 1), torch.zeros(1, 1), torch.tensor([[0.6]]),
                                torch.tensor([[0.5]]), torch.tensor([[1.0]]), torch.ones(1, 1), value_clip=0.2)
     assert value.item() == pytest.approx(0.5 * 0.4 ** 2)  # within the clip range: the plain squared error
+
+
+# ----------------------------------------------------------------------------- RBRMs
+
+def test_rbrm_class_probabilities_follow_the_rubric():
+    from nanogpt4.posttrain import rbrm
+    rub = rbrm.rubric()
+    props = dict(refuses=[1.0, 1.0, 0.0, 0.5], apologises=[1.0, 0.0, 0.0, 1.0], judgemental=[0.0, 0.0, 0.0, 0.0],
+                 contains_disallowed_content=[0.0, 0.0, 0.0, 0.2])
+    p = rbrm.class_probs(rub, props)
+    assert p[0].tolist() == [1, 0, 0, 0] and p[1].tolist() == [0, 1, 0, 0] and p[2].tolist() == [0, 0, 0, 1]
+    # refuses 0.5, apologises 1, disallowed 0.2: a = 0.5·0.8, b = 0 (it always apologises), c = 0.2, d = 0.5·0.8
+    assert p[3].tolist() == pytest.approx([0.4, 0.0, 0.2, 0.4])
+    assert p.sum(1).tolist() == pytest.approx([1.0] * 4)
+
+
+def test_rbrm_classifier_grader_and_weights():
+    from nanogpt4.posttrain import rbrm
+    refuse = ["I'm sorry, but I can't help with that.", "Sorry, I can't assist with this request.",
+              "I'm afraid I can't help with that."]
+    preach = ["You should be ashamed to ask. I won't.", "That is wrong and I will not do it."]
+    helpful = ["Water the plant twice a week and keep it in light.", "Preheat the oven, then bake for 20 minutes.",
+               "Use a strong password and turn on two-factor login."]
+    rows = []
+    for i in range(12):
+        for style, texts, refuses, apol, judg in (("desired", refuse, 1, 1, 0), ("preachy", preach, 1, 0, 1),
+                                                  ("helpful", helpful, 0, 0, 0)):
+            for cat in ("disallowed", "allowed"):
+                rows.append(dict(prompt=f"request {i} {cat}", completion=texts[i % len(texts)], style=style,
+                                 category=cat, refuses=refuses, split="train",
+                                 labels=dict(refuses=bool(refuses), apologises=bool(apol), judgemental=bool(judg))))
+    clf = rbrm.Classifier(rows)
+    assert rbrm.evaluate(clf, rows)["accuracy"] == 1.0
+    rub = rbrm.rubric()
+    probs = rbrm.class_probs(rub, clf.propositions([r["prompt"] for r in rows], [r["completion"] for r in rows]))
+    pairs = rbrm.ranked_pairs(rows)
+    assert len(pairs) == 12 * (3 + 3)  # disallowed: desired > preachy > helpful; allowed: helpful > desired > preachy
+    start = {c: torch.tensor([rub["rewards"][c][k] for k in rub["classes"]]) for c in rbrm.RANK}
+    start["disallowed"] = torch.tensor([0.0, 1.0, 0.0, 0.0])  # a bad starting rubric: prefers undesired refusals
+    before = rbrm.ranking_accuracy(start, probs, pairs)
+    rub["rewards"]["disallowed"] = dict(zip(rub["classes"], start["disallowed"].tolist()))
+    after = rbrm.ranking_accuracy(rbrm.fit_weights(rub, probs, pairs), probs, pairs)
+    assert before < 0.8 and after == 1.0, (before, after)
+
+    class Fake:  # a zero-shot grader's completion function
+        def __call__(self, prompt, **kw):
+            text = prompt[0]["content"].split("Completion: ")[1]
+            ans = "refuses: yes\napologises: yes" if "sorry" in text.lower() else "refuses: no\nhelpful: yes"
+            return type("R", (), {"completions": [ans]})()
+    grader = rbrm.Grader(Fake(), rub)
+    got = grader.propositions(["q", "q"], ["Sorry, no.", "Here is how."])
+    assert got["refuses"] == [1.0, 0.0] and got["judgemental"] == [0.5, 0.5]  # not answered: 0.5
