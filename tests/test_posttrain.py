@@ -97,7 +97,7 @@ def test_dpo_moves_the_policy_toward_chosen_answers(endless_run, tmp_path):
     path.write_text("".join(json.dumps(p) + "\n" for p in pairs))
     done = dpo.train(endless_run, path, tmp_path / "dpo", steps=150, batch_size=16, lr=3e-3, beta=0.5, eval_every=75,
                      dtype="float32", quiet=True)
-    assert done["heldout_accuracy_sft"] <= 0.5  # the reference against itself: every margin is 0
+    assert done["heldout_accuracy_sft"] == 0.5  # the reference against itself: every margin is 0, a tie
     assert done["heldout_accuracy"] >= 0.8, done
     metrics = list(iter_jsonl(tmp_path / "dpo" / "metrics.jsonl"))
     assert metrics[1]["loss"] == pytest.approx(0.6931, abs=1e-3)  # step 1 starts at the reference: log 2

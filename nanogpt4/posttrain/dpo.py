@@ -48,13 +48,15 @@ def reference(model, pairs, pad, size=32):
 
 @torch.no_grad()
 def margin_accuracy(model, pairs, ref, pad, size=32):
-    """Fraction of pairs whose implicit reward prefers the chosen answer."""
+    """Fraction of pairs whose implicit reward prefers the chosen answer (a tie counts half: at the reference every
+    margin is 0, which is chance, not 0)."""
     model.eval()
     right = 0
     for i in range(0, len(pairs), size):
         chunk, r = pairs[i:i + size], torch.tensor(ref[i:i + size])
         lp = logprobs(model, [c for c, _ in chunk] + [x for _, x in chunk], pad)
-        right += int(((lp[:len(chunk)] - r[:, 0]) > (lp[len(chunk):] - r[:, 1])).sum())
+        margin = (lp[:len(chunk)] - r[:, 0]) - (lp[len(chunk):] - r[:, 1])
+        right += float((margin > 0).sum() + 0.5 * (margin == 0).sum())
     model.train()
     return right / max(len(pairs), 1)
 

@@ -185,14 +185,35 @@ def add_args(p):
     p.add_argument("--epochs", type=int, default=2, help="passes over each iteration's rollouts")
     p.add_argument("--minibatch", type=int, default=8, help="answers per update")
     p.add_argument("--clip", type=float, default=0.2, help="PPO's ratio clip")
+    p.add_argument("--rbrm-weight", type=float, default=1.0, help="weight of the RBRM reward on disallowed, allowed "
+                                                                  "and sensitive prompts (0: reward model only)")
+    p.add_argument("--rbrm-data", default="runs/default/posttrain/data",
+                   help="the post-training data whose labelled completions train the RBRM's classifier")
     p.add_argument("--seed", type=int, default=0, help="seed of prompt order and sampling")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+
+
+def rbrm_reward(data_dir, out):
+    """The fitted RBRM (offline classifier backend) as PPO's extra reward: its reward on the safety-relevant
+    categories, 0 on the others."""
+    from ..serve import moderation
+    from . import rbrm
+    model, report = rbrm.build(data_dir, out, moderation.load())
+    print(f"rbrm: held-out refusal accuracy {report['classifier']['heldout']['accuracy']:.3f}, ranking accuracy "
+          f"{report['ranking']['before']:.3f} -> {report['ranking']['after']:.3f} after fitting the weights", flush=True)
+
+    def reward(prompt, answer):
+        user = next((m["content"] for m in reversed(prompt["messages"]) if m["role"] == "user"), "")
+        return model.rewards([user], [answer], [prompt.get("category")])[0]
+    return reward
 
 
 def main(args):
     if min(args.steps, args.prompts_per_step, args.max_tokens, args.epochs, args.minibatch) < 1 or not args.lr > 0:
         raise UserError("--steps, --prompts-per-step, --max-tokens, --epochs and --minibatch must be ≥ 1; --lr > 0")
+    extra = rbrm_reward(args.rbrm_data, args.out) if args.rbrm_weight else None
     done = train(args.sft, args.rm, args.prompts, args.out, args.steps, args.prompts_per_step, args.max_tokens,
-                 args.lr, args.kl_coef, args.epochs, args.minibatch, args.clip, seed=args.seed, resume=args.resume)
+                 args.lr, args.kl_coef, args.epochs, args.minibatch, args.clip, seed=args.seed, extra=extra,
+                 extra_weight=args.rbrm_weight, resume=args.resume)
     print(json.dumps(done))
     return done
