@@ -19,6 +19,7 @@ STAGES = {  # name: (module, help)
     "rm": ("nanogpt4.posttrain.reward", "the reward model: Bradley-Terry on preference pairs, from the SFT run"),
     "rbrm": ("nanogpt4.posttrain.rbrm", "rule-based reward models: train and evaluate the grader, fit the weights"),
     "rlhf": ("nanogpt4.posttrain.ppo", "RLHF: PPO against the reward model with a KL penalty to the SFT policy"),
+    "behaviour": ("nanogpt4.posttrain.behaviour", "held-out refusals, jailbreaks, steerability, toxicity per model"),
     "dpo": ("nanogpt4.posttrain.dpo", "direct preference optimisation of the SFT policy on the preference pairs"),
     "keys": ("nanogpt4.serve.keys", "API keys of the server: create (shown once), list, revoke"),
     "usage": ("nanogpt4.serve.usage", "the server's metered usage per key, model and day, with cost"),
