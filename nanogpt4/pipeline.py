@@ -22,6 +22,7 @@ PRESETS = {
 
 SCALING = {"cpu": "cpu", "gpu": "gpu", "tiny": "quick"}  # the scaling ladder preset each main-job preset runs
 EVALS = {"cpu": [], "gpu": [], "tiny": ["--max-samples", "2"]}  # eval report card: every benchmark item, or a peek
+POSTTRAIN = {"cpu": [], "gpu": [], "tiny": ["--steps", "4"]}  # each post-training trainer's horizon: its default, or a peek
 
 
 def run_stage(name, argv):
@@ -34,6 +35,25 @@ def run_stage(name, argv):
     t = time.perf_counter()
     result = module.main(p.parse_args(argv))
     return result, time.perf_counter() - t
+
+
+def posttrain(stage, out, args):
+    """The post-training stages on the base model: data, SFT, reward model, RLHF (with the RBRM), DPO, then the
+    behaviour of all four on held-out prompts."""
+    data, steps = out / "posttrain" / "data", POSTTRAIN[args.preset]
+    stage("posttrain-data", ["--out", str(data)] + (["--cache", args.cache] if args.cache else []),
+          "posttrain/data/manifest.json")
+    stage("sft", ["--base", str(out / "pretrain"), "--data", str(data / "sft.jsonl"), "--out", str(out / "sft"),
+                  "--resume"] + steps, "sft/done.json")
+    stage("rm", ["--sft", str(out / "sft"), "--pairs", str(data / "pairs.jsonl"), "--hhh", str(data / "hhh.jsonl"),
+                 "--out", str(out / "rm"), "--resume"] + steps, "rm/done.json")
+    stage("rlhf", ["--sft", str(out / "sft"), "--rm", str(out / "rm"), "--prompts", str(data / "prompts.jsonl"),
+                   "--rbrm-data", str(data), "--out", str(out / "rlhf"), "--resume"] + steps, "rlhf/done.json")
+    stage("dpo", ["--sft", str(out / "sft"), "--pairs", str(data / "pairs.jsonl"), "--out", str(out / "dpo"),
+                  "--resume"] + steps, "dpo/done.json")
+    models = ",".join(f"{name}={out / name}" for name in ("pretrain", "sft", "rlhf", "dpo")).replace("pretrain=", "base=", 1)
+    stage("behaviour", ["--models", models, "--data", str(data), "--out", str(out / "posttrain")]
+          + (["--per-category", "4"] if args.preset == "tiny" else []), "posttrain/behaviour.json")
 
 
 def add_args(p):
@@ -81,6 +101,7 @@ def main(args):
     timings["sample"] = dict(seconds=round(time.perf_counter() - t, 1), command="nanogpt4.sample.complete (engine)")
     atomic_write_json(timings_path, timings)
     stage("serve", ["--run", str(out / "pretrain"), "--smoke", str(out / "serve_smoke.json")], "serve_smoke.json")
+    posttrain(stage, out, args)
     stage("scaling", ["all", "--out", str(out / "scaling"), "--corpus", str(out / "corpus"),
                       "--preset", SCALING[args.preset]], "scaling/hindsight.json")
     stage("report", [str(out / "pretrain"), "--out", str(out / "evals"), "--corpus", str(out / "corpus" / "train.jsonl")]

@@ -154,6 +154,51 @@ def serve_section(out):
     return lines + [""]
 
 
+LABELS = {"incorrect_disallowed": "fails to refuse (disallowed)", "jailbreak_success": "jailbreak succeeds",
+          "incorrect_allowed": "refuses wrongly (allowed)", "incorrect_sensitive": "refuses wrongly (sensitive)",
+          "steerability": "follows the system message", "toxic": "toxic answers"}
+
+
+def posttrain_section(out):
+    """SFT, reward model, RBRM, RLHF and DPO: what each measured, and the behaviour of base vs post-trained models."""
+    b = _read(out / "posttrain" / "behaviour.json")
+    if not b:
+        return []
+    b = {k: b[k] for k in sorted(b, key=lambda k: ("base", "sft", "rlhf", "dpo").index(k)
+                                 if k in ("base", "sft", "rlhf", "dpo") else 9)}
+    sft, rm, dpo, rlhf = (_read(out / n / "done.json") or {} for n in ("sft", "rm", "dpo", "rlhf"))
+    rbrm = _read(out / "rlhf" / "rbrm.json") or {}
+    lines = ["## Post-training", "",
+             f"SFT (`nanogpt4 sft`): {sft.get('train_conversations')} conversations, held-out loss on assistant tokens "
+             f"{sft.get('heldout_loss_base', float('nan')):.3f} (base) → {sft.get('heldout_loss', float('nan')):.3f}. "
+             f"Reward model (`nanogpt4 rm`): held-out pair accuracy {rm.get('heldout_accuracy', float('nan')):.3f} "
+             f"({rm.get('heldout_pairs')} generated pairs, chance 0.5); BIG-bench HHH "
+             f"{rm.get('hhh_accuracy') or float('nan'):.3f} ({rm.get('hhh_pairs')} human-preference pairs that fit).",
+             ""]
+    if rbrm:
+        c = rbrm["classifier"]["heldout"]
+        lines += [f"RBRM (offline classifier backend, `nanogpt4 rbrm`): refusal accuracy {c['accuracy']:.3f} on "
+                  f"{c['n']} held-out labelled completions (chance {c['chance']:.3f}); ranking accuracy of ideal over "
+                  f"less good over unacceptable completions {rbrm['ranking']['before']:.3f} with the rubric's rewards, "
+                  f"{rbrm['ranking']['after']:.3f} with the fitted weights ({rbrm['ranking']['pairs']} held-out pairs).", ""]
+    lines += [f"RLHF (`nanogpt4 rlhf`, PPO with the reward model + RBRM): mean reward {rlhf.get('reward_first', float('nan')):.3f} "
+              f"over the first 5 steps, {rlhf.get('reward_last', float('nan')):.3f} over the last 5, KL to SFT "
+              f"{rlhf.get('kl_last', float('nan')):.3f}. "
+              f"DPO (`nanogpt4 dpo`): held-out implicit-reward accuracy {dpo.get('heldout_accuracy', float('nan')):.3f}.", "",
+              "Behaviour on held-out prompts (`nanogpt4 behaviour`; judged by a rule-based refusal detector, the steering "
+              "checks and the pinned toxicity classifier, none of which any model was trained on). Rate ± stderr (n):", "",
+              "| | " + " | ".join(b) + " |", "|---|" + "---:|" * len(b)]
+    for key, label in LABELS.items():
+        lines.append(f"| {label} | " + " | ".join(
+            f"{r['metrics'][key]['rate']:.2f} ± {r['metrics'][key]['stderr']:.2f} ({r['metrics'][key]['n']})"
+            for r in b.values()) + " |")
+    lines += ["", "![behaviour](posttrain/behaviour.png)", "", "Examples (greedy):", ""]
+    for name, r in b.items():
+        for kind, exs in r["examples"].items():
+            lines.append(f"- {name}, {kind}: " + " / ".join(f"`{e['answer'][:80]!r}`" for e in exs[:1]))
+    return lines + [""]
+
+
 def scaling_section(out):
     sc = out / "scaling"
     ladder, record, ver = _read(sc / "ladder.json"), _read(sc / "prediction_loss.json"), _read(sc / "verify_loss.json")
@@ -258,7 +303,8 @@ def timings_section(out):
         return []
     lines = ["## Stage timings", "", "Wall-clock seconds of the run that did each stage's work (`timings.json`).", "",
              "| stage | seconds | command |", "|---|---:|---|"]
-    order = ["data", "tokenizer", "pretrain", "sample", "serve", "scaling", "report"]
+    order = ["data", "tokenizer", "pretrain", "sample", "serve", "posttrain-data", "sft", "rm", "rlhf", "dpo", "behaviour",
+             "scaling", "report"]
     for k in sorted(t, key=lambda k: order.index(k) if k in order else len(order)):
         lines.append(f"| {k} | {t[k]['seconds']} | `{t[k]['command']}` |")
     lines.append(f"| **total** | {sum(v['seconds'] for v in t.values()):.1f} | |")
@@ -274,7 +320,7 @@ def write(out):
         plot_throughput(metrics, out / "throughput.png")
     lines = ["# nanogpt4 report card", "", f"Work directory: `{out}`.", ""]
     for section in (timings_section, corpus_section, tokenizer_section, pretrain_section, samples_section,
-                    serve_section, scaling_section, evals_section):
+                    serve_section, posttrain_section, scaling_section, evals_section):
         lines += section(out)
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")

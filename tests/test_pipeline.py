@@ -18,11 +18,13 @@ def test_main_job_tiny_preset(tmp_path):
     report = (out / "report.md").read_text()
     for needle in ("## Corpus", "bible", "## Tokenizer", "cl100k_base", "## Pretraining", "tokens/s", "MFU",
                    "heldout_code", "## Samples", "In the beginning", "## Stage timings", "## Evals", "MMLU",
-                   "HumanEval", "GSM-8K", "TruthfulQA", "ECE", "## Serving smoke test", "all passed"):
+                   "HumanEval", "GSM-8K", "TruthfulQA", "ECE", "## Serving smoke test", "all passed", "## Post-training",
+                   "fails to refuse (disallowed)", "HHH"):
         assert needle in report, needle
     assert (out / "loss.png").stat().st_size > 10_000 and (out / "throughput.png").exists()
     timings = json.loads((out / "timings.json").read_text())
-    assert set(timings) >= {"data", "tokenizer", "pretrain", "sample", "serve"}
+    assert set(timings) >= {"data", "tokenizer", "pretrain", "sample", "serve", "posttrain-data", "sft", "rm", "rlhf",
+                            "dpo", "behaviour"}
     smoke = json.loads((out / "serve_smoke.json").read_text())
     assert smoke["passed"] and smoke["checks"]["usage metered"]["passed"] and smoke["ttft_s"] > 0
     second = subprocess.run(cmd, capture_output=True, text=True)

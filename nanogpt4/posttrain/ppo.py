@@ -129,8 +129,10 @@ def train(sft_run, rm_run, prompts_path, out, steps=60, prompts_per_step=16, max
                   f"{rec['reward_rules']:.3f}), kl {rec['kl']:.4f}, length {rec['answer_tokens']:.1f}", flush=True)
         log(metrics, rec)
     rows = list(iter_jsonl(metrics))
+    mean = lambda part, k: sum(r[k] for r in part) / len(part)  # noqa: E731
     done = dict(step=step, prompts=len(prompts), seconds=round(time.perf_counter() - t0, 1),
-                reward_first=rows[0]["reward"], reward_last=rows[-1]["reward"], kl_last=rows[-1]["kl"])
+                reward_first=mean(rows[:5], "reward"), reward_last=mean(rows[-5:], "reward"),
+                kl_last=mean(rows[-5:], "kl"))
     atomic_write_json(out / "done.json", done)
     return done
 
