@@ -21,7 +21,7 @@ from ..common import UserError, atomic_write_json, iter_jsonl
 from ..engine import Engine, SamplingParams
 from . import objectives as O
 from . import reward as R
-from .sft import log, setup
+from . import trainer
 
 
 class Value(nn.Module):
@@ -86,7 +86,7 @@ def train(sft_run, rm_run, prompts_path, out, steps=60, prompts_per_step=16, max
     cfg = dict(steps=steps, prompts_per_step=prompts_per_step, max_tokens=max_tokens, lr=lr, kl_coef=kl_coef,
                epochs=epochs, minibatch=minibatch, clip=clip, value_coef=value_coef, seed=seed,
                extra_weight=extra_weight if extra else 0.0, dtype=dtype, reward_model=str(Path(rm_run).resolve()))
-    b = setup(sft_run, prompts_path, out, cfg, resume, kind="rlhf")
+    b = trainer.setup(sft_run, prompts_path, out, cfg, resume, kind="rlhf")
     out, tok, policy = Path(out), b.tok, b.model.train()
     reference = R.RewardModel(policy.cfg).trunk  # a second GPT with the SFT weights, frozen
     reference.load_state_dict(policy.state_dict())
@@ -97,20 +97,10 @@ def train(sft_run, rm_run, prompts_path, out, steps=60, prompts_per_step=16, max
     if len(prompts) < prompts_per_step:
         raise UserError(f"{prompts_path}: {len(prompts)} training prompts fit the context with {max_tokens} new "
                         f"tokens, fewer than --prompts-per-step")
-    tc = b.config.get("train", {})
-    opt = torch.optim.AdamW([dict(params=value.parameters(), lr=lr * tc.get("readout_lr_mult", 1.0))] +
-                            policy.param_groups(lr, 0.0, tc.get("embed_lr_mult", 1.0), tc.get("readout_lr_mult", 1.0)),
-                            betas=(0.9, 0.95), eps=1e-8)
+    opt = trainer.optimizer(policy, lr, b.config, heads=[value])
     engine = Engine(policy, tok, max_rows=prompts_per_step)
-    metrics, step = out / "metrics.jsonl", 0
-    latest = checkpoint.latest_valid(out / "state")[0] if resume else None
-    if latest:
-        step = checkpoint.load(latest, value, opt)["step"]
-        checkpoint.load(out / "ckpt" / latest.name, policy)
-        keep = [r for r in iter_jsonl(metrics, torn_tail=True) if r["step"] <= step] if metrics.exists() else []
-        metrics.write_text("".join(json.dumps(r) + "\n" for r in keep))
-    else:
-        metrics.unlink(missing_ok=True)
+    metrics = out / "metrics.jsonl"
+    step = trainer.resume(out, resume, [value, policy], opt, root="state")
     t0 = time.perf_counter()
     while step < steps:
         batch = random.Random(seed * 1_000_003 + step).sample(prompts, prompts_per_step)
@@ -127,7 +117,7 @@ def train(sft_run, rm_run, prompts_path, out, steps=60, prompts_per_step=16, max
         if not quiet:
             print(f"rlhf step {step}/{steps}: reward {rec['reward']:.3f} (model {rec['reward_model']:.3f}, rules "
                   f"{rec['reward_rules']:.3f}), kl {rec['kl']:.4f}, length {rec['answer_tokens']:.1f}", flush=True)
-        log(metrics, rec)
+        trainer.log(metrics, rec)
     rows = list(iter_jsonl(metrics))
     mean = lambda part, k: sum(r[k] for r in part) / len(part)  # noqa: E731
     done = dict(step=step, prompts=len(prompts), seconds=round(time.perf_counter() - t0, 1),

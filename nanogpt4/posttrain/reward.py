@@ -7,7 +7,6 @@ Pairs (JSONL): `{"messages": [... the conversation up to the answer], "chosen": 
 preference set to train on). Reported: held-out pair accuracy, and accuracy on BIG-bench's 221 HHH pairs (real
 human preferences, evaluation only; those that fit the context).
 """
-import contextlib
 import json
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from .. import chat, checkpoint
 from ..common import UserError, atomic_write_json, iter_jsonl
 from ..model.gpt import GPT, ModelConfig
 from .objectives import bradley_terry_loss
-from .sft import batch, log, setup
+from . import trainer
 
 class RewardModel(nn.Module):
     """A GPT trunk and a scalar head on its final hidden state at each row's last real token."""
@@ -71,7 +70,7 @@ def train(sft_run, pairs_path, out, steps=200, batch_size=16, lr=3e-4, seed=0, e
           resume=False, quiet=False, hhh_path=None):
     """Train the reward model on the pairs at `pairs_path` from the SFT run; returns done.json."""
     cfg = dict(steps=steps, batch_size=batch_size, lr=lr, seed=seed, eval_every=eval_every, dtype=dtype)
-    b = setup(sft_run, pairs_path, out, cfg, resume, kind="rm")
+    b = trainer.setup(sft_run, pairs_path, out, cfg, resume, kind="rm")
     out, tok = Path(out), b.tok
     model = RewardModel(b.model.cfg)
     model.trunk.load_state_dict(b.model.state_dict())
@@ -80,26 +79,14 @@ def train(sft_run, pairs_path, out, steps=200, batch_size=16, lr=3e-4, seed=0, e
     if len(data["train"]) < batch_size:
         raise UserError(f"{pairs_path}: {len(data['train'])} training pairs fit the context, fewer than a batch")
     hhh = [e for p in iter_jsonl(hhh_path) if (e := encode_pair(tok, p, b.model.cfg.seq_len))] if hhh_path else []
-    tc = b.config.get("train", {})
-    opt = torch.optim.AdamW([dict(params=model.head.parameters(), lr=lr * tc.get("readout_lr_mult", 1.0))] +
-                            model.trunk.param_groups(lr, 0.0, tc.get("embed_lr_mult", 1.0), tc.get("readout_lr_mult", 1.0)),
-                            betas=(0.9, 0.95), eps=1e-8)
-    base_lrs = [g["lr"] for g in opt.param_groups]
-    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == "bfloat16" else contextlib.nullcontext
-    metrics, pad, step = out / "metrics.jsonl", tok.eot_id, 0
-    latest = checkpoint.latest_valid(out / "ckpt")[0] if resume else None
-    if latest:
-        step = checkpoint.load(latest, model, opt)["step"]
-        keep = [r for r in iter_jsonl(metrics, torn_tail=True) if r["step"] <= step] if metrics.exists() else []
-        metrics.write_text("".join(json.dumps(r) + "\n" for r in keep))
-    else:
-        metrics.unlink(missing_ok=True)
+    opt, cast = trainer.optimizer(model.trunk, lr, b.config, heads=[model.head]), trainer.autocast(dtype)
+    metrics, pad = out / "metrics.jsonl", tok.eot_id
+    step = trainer.resume(out, resume, [model], opt)
     t0 = time.perf_counter()
     while step < steps:
-        for g, base_lr in zip(opt.param_groups, base_lrs):
-            g["lr"] = base_lr * (1 - 0.9 * step / steps)
-        chunk = batch(data["train"], step, batch_size, seed)
-        with autocast():
+        trainer.decay(opt, step, steps)
+        chunk = trainer.batch(data["train"], step, batch_size, seed)
+        with cast():
             r = rewards(model, [c for c, _ in chunk] + [r for _, r in chunk], pad)
         loss, acc = bradley_terry_loss(r[:len(chunk)].float(), r[len(chunk):].float())
         loss.backward()
@@ -115,7 +102,7 @@ def train(sft_run, pairs_path, out, steps=200, batch_size=16, lr=3e-4, seed=0, e
             if not quiet:
                 print(f"rm step {step}/{steps}: loss {rec['loss']:.3f}, held-out accuracy {rec['heldout_accuracy']:.3f}",
                       flush=True)
-        log(metrics, rec)
+        trainer.log(metrics, rec)
     done = dict(step=step, train_pairs=len(data["train"]), heldout_pairs=len(data["heldout"]),
                 heldout_accuracy=accuracy(model, data["heldout"], pad), seconds=round(time.perf_counter() - t0, 1),
                 hhh_pairs=len(hhh), hhh_accuracy=accuracy(model, hhh, pad) if hhh else None)
@@ -144,18 +131,11 @@ def add_args(p):
                    help="preference pairs (JSONL: messages, chosen, rejected, split)")
     p.add_argument("--hhh", default=None, help="evaluation-only pairs (BIG-bench HHH) in the same format")
     p.add_argument("--out", default="runs/default/rm", help="the reward-model run directory")
-    p.add_argument("--steps", type=int, default=200, help="optimizer steps")
-    p.add_argument("--batch-size", type=int, default=16, help="pairs per step")
-    p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate of the trunk's hidden matrices")
-    p.add_argument("--seed", type=int, default=0, help="seed of the pair order")
-    p.add_argument("--eval-every", type=int, default=50, help="steps between held-out evaluations and checkpoints")
-    p.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="autocast dtype on CPU")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    trainer.add_args(p, steps=200, lr=3e-4, unit="pairs")
 
 
 def main(args):
-    if args.steps < 1 or args.batch_size < 1 or args.eval_every < 1 or not args.lr > 0:
-        raise UserError("--steps, --batch-size and --eval-every must be ≥ 1 and --lr > 0")
+    trainer.check_args(args)
     done = train(args.sft, args.pairs, args.out, args.steps, args.batch_size, args.lr, args.seed, args.eval_every,
                  args.dtype, args.resume, hhh_path=args.hhh)
     print(json.dumps(done))

@@ -1,0 +1,108 @@
+"""What every post-training trainer shares (sft.py, reward.py, dpo.py, ppo.py): the run directory and its config
+check, the optimizer with the base run's muP groups, the learning-rate decay, bf16 autocast on CPU, resuming from
+the newest verified checkpoint (metrics logged after it are dropped, to be logged again), the batch order and the
+metrics log."""
+import contextlib
+import json
+import random
+import shutil
+from pathlib import Path
+
+import torch
+
+from .. import checkpoint, runs
+from ..common import UserError, atomic_write_json, command_line, git_commit, iter_jsonl, sha256_file
+
+
+def setup(base, data_path, out, cfg, resume, kind="sft"):
+    """The run directory (config.json with `cfg` under `kind`, tokenizer.json) and the base run loaded; refuses a
+    run directory started from another base, data or settings. Shared by the post-training stages."""
+    out, data_path = Path(out), Path(data_path)
+    if not data_path.exists():
+        raise UserError(f"{kind} data {data_path} does not exist (build it with `nanogpt4 posttrain-data`)")
+    b = runs.load(base, device="cpu")
+    inherited = {"train": b.config["train"]} if "train" in b.config else {}  # the base's muP multipliers etc.
+    record = dict(model=b.model.cfg.to_dict(), **inherited, **{kind: cfg}, base=dict(run=str(Path(base).resolve()), checkpoint=b.checkpoint_id),
+                  data=dict(path=str(data_path.resolve()), sha256=sha256_file(data_path)))
+    if (out / "config.json").exists():
+        old = json.loads((out / "config.json").read_text())
+        if not resume:
+            raise FileExistsError(f"{out} already holds a run: pass --resume to continue it, or use a new --out")
+        if {k: old.get(k) for k in record} != record:
+            raise UserError(f"{out} was started with another base, data or settings; use a new --out")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(base) / "tokenizer.json", out / "tokenizer.json")
+        atomic_write_json(out / "config.json", dict(record, git_commit=git_commit(), command=command_line()))
+    return b
+
+
+def optimizer(model, lr, config, heads=()):
+    """AdamW over the GPT's muP groups with the base's multipliers (the embedding and readout need the larger steps;
+    config: the run's config.json), plus scalar `heads` at the readout's rate."""
+    tc = config.get("train", {})
+    embed, readout = tc.get("embed_lr_mult", 1.0), tc.get("readout_lr_mult", 1.0)
+    groups = [dict(params=list(h.parameters()), lr=lr * readout) for h in heads]
+    opt = torch.optim.AdamW(groups + model.param_groups(lr, 0.0, embed, readout), betas=(0.9, 0.95), eps=1e-8)
+    for g in opt.param_groups:
+        g["initial_lr"] = g["lr"]
+    return opt
+
+
+def decay(opt, step, steps):
+    """Linear decay to 10% of each group's initial rate: short runs, no warmup needed."""
+    for g in opt.param_groups:
+        g["lr"] = g["initial_lr"] * (1 - 0.9 * step / steps)
+
+
+def autocast(dtype):
+    return (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == "bfloat16" else contextlib.nullcontext
+
+
+def resume(out, resuming, parts, opt, root="ckpt"):
+    """The step to start from: with `resuming`, the newest verified checkpoint in out/root is loaded into the
+    first of `parts` (modules) and `opt`, and the others from out/ckpt at the same step; else 0 and a fresh log."""
+    metrics = Path(out) / "metrics.jsonl"
+    latest = checkpoint.latest_valid(Path(out) / root)[0] if resuming else None
+    if latest is None:
+        metrics.unlink(missing_ok=True)
+        return 0
+    step = checkpoint.load(latest, parts[0], opt)["step"]
+    for module in parts[1:]:
+        checkpoint.load(Path(out) / "ckpt" / latest.name, module)
+    keep = [r for r in iter_jsonl(metrics, torn_tail=True) if r["step"] <= step] if metrics.exists() else []
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    return step
+
+
+def batch(data, step, size, seed):
+    """The conversations of batch number `step`: epoch after epoch, each a permutation seeded by (seed, epoch)."""
+    per_epoch = max(1, len(data) // size)
+    epoch, i = divmod(step, per_epoch)
+    order = list(range(len(data)))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return [data[j] for j in order[i * size:(i + 1) * size]]
+
+
+def log(path, rec):
+    with open(path, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+
+
+def add_args(p, steps, lr, unit):
+    """The options the supervised trainers (sft, rm, dpo) share; `unit`: what a batch holds."""
+    p.add_argument("--steps", type=int, default=steps, help="optimizer steps")
+    p.add_argument("--batch-size", type=int, default=16, help=f"{unit} per step")
+    p.add_argument("--lr", type=float, default=lr, help="peak learning rate of the hidden matrices, with the base's "
+                                                        "muP groups")
+    p.add_argument("--seed", type=int, default=0, help="seed of the batch order")
+    p.add_argument("--eval-every", type=int, default=50, help="steps between held-out evaluations and checkpoints")
+    p.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="autocast dtype on CPU")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+
+
+def check_args(args):
+    if args.steps < 1 or args.batch_size < 1 or args.eval_every < 1 or not args.lr > 0:
+        raise UserError("--steps, --batch-size and --eval-every must be ≥ 1 and --lr > 0")
