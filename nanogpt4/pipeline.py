@@ -54,6 +54,10 @@ def posttrain(stage, out, args):
     models = ",".join(f"{name}={out / name}" for name in ("pretrain", "sft", "rlhf", "dpo")).replace("pretrain=", "base=", 1)
     stage("behaviour", ["--models", models, "--data", str(data), "--out", str(out / "posttrain")]
           + (["--per-category", "4"] if args.preset == "tiny" else []), "posttrain/behaviour.json")
+    from .serve import models as snapshots
+    served = snapshots.write(out / "models.yaml", {"nano4-base": out / "pretrain", "nano4-sft": out / "sft",
+                                                    "nano4": out / "rlhf", "nano4-dpo": out / "dpo"}, {"nano4": "nano4"})
+    print(f"models file for `nanogpt4 serve --models {out / 'models.yaml'}`: {', '.join(served.names())}")
 
 
 def add_args(p):

@@ -25,6 +25,8 @@ def test_main_job_tiny_preset(tmp_path):
     timings = json.loads((out / "timings.json").read_text())
     assert set(timings) >= {"data", "tokenizer", "pretrain", "sample", "serve", "posttrain-data", "sft", "rm", "rlhf",
                             "dpo", "behaviour"}
+    from nanogpt4.serve import models
+    assert models.load(out / "models.yaml").resolve("nano4").run == (out / "rlhf").resolve()  # RLHF is recommended
     smoke = json.loads((out / "serve_smoke.json").read_text())
     assert smoke["passed"] and smoke["checks"]["usage metered"]["passed"] and smoke["ttft_s"] > 0
     second = subprocess.run(cmd, capture_output=True, text=True)

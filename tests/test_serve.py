@@ -555,3 +555,15 @@ def test_server_errors_leak_nothing_and_cost_nothing(client, server, monkeypatch
     rid = json.loads(lines[0][6:])["id"]
     assert usage_row(server, rid)[0] == "error"
     assert server["db"].execute("SELECT cost FROM usage WHERE request_id = ?", (rid,)).fetchone()[0] == 0.0
+
+
+def test_models_file_written_for_runs(local_run, endless_run, tmp_path):
+    written = M.write(tmp_path / "models.yaml", {"nano4-sft": local_run, "nano4": endless_run}, {"nano4": "nano4"},
+                      today=dt.date(2026, 12, 2))
+    loaded = M.load(tmp_path / "models.yaml")
+    assert loaded.names() == written.names() == ["nano4-20261202", "nano4-sft-20261202", "nano4"]
+    assert loaded.resolve("nano4").run == endless_run.resolve()
+    assert loaded.resolve("nano4-sft-20261202").checkpoint_sha256 == runs.checkpoint_id(local_run).split(":")[1]
+    served = api.load(loaded, device="cpu", max_rows=2)  # every snapshot's pinned checkpoint loads
+    for s in served.values():
+        s.close()

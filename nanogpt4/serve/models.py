@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from ..common import UserError
+from ..common import UserError, atomic_write_text
 from ..runs import checkpoint_id
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -113,6 +113,19 @@ def load(path):
     except yaml.YAMLError as e:
         raise ModelsError(f"{path}: not valid YAML ({e})") from None
     return parse(cfg, path.parent)
+
+
+def write(path, run_dirs, aliases, today=None):
+    """A models file pinning each run's newest checkpoint as the snapshot `<name>-<yyyymmdd>` (run_dirs: name → run
+    directory), with `aliases` (alias → name); checked by parsing it back, written atomically. Returns Models."""
+    date = (today or dt.date.today()).strftime("%Y%m%d")
+    cfg = {"snapshots": {f"{name}-{date}": {"run": str(Path(run).resolve()),
+                                            "checkpoint_sha256": checkpoint_id(run).split(":", 1)[1]}
+                         for name, run in run_dirs.items()},
+           "aliases": {alias: f"{name}-{date}" for alias, name in aliases.items()}}
+    models = parse(cfg)
+    atomic_write_text(path, yaml.safe_dump(cfg, sort_keys=False))
+    return models
 
 
 def for_run(run, alias="nano4", today=None):
