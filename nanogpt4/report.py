@@ -164,6 +164,7 @@ def posttrain_section(out):
     b = _read(out / "posttrain" / "behaviour.json")
     if not b:
         return []
+    wins = b.pop("_win_rates", {})
     b = {k: b[k] for k in sorted(b, key=lambda k: ("base", "sft", "rlhf", "dpo").index(k)
                                  if k in ("base", "sft", "rlhf", "dpo") else 9)}
     sft, rm, dpo, rlhf = (_read(out / n / "done.json") or {} for n in ("sft", "rm", "dpo", "rlhf"))
@@ -192,6 +193,10 @@ def posttrain_section(out):
         lines.append(f"| {label} | " + " | ".join(
             f"{r['metrics'][key]['rate']:.2f} ± {r['metrics'][key]['stderr']:.2f} ({r['metrics'][key]['n']})"
             for r in b.values()) + " |")
+    if wins:
+        lines += ["", "Win rates judged by the reward model on held-out chat, instruction, allowed and sensitive prompts "
+                  "(ties count half): " + ", ".join(f"{k} {v['rate']:.2f} ± {v['stderr']:.2f} ({v['n']})"
+                                                    for k, v in wins.items()) + "."]
     lines += ["", "![behaviour](posttrain/behaviour.png)", "", "Examples (greedy):", ""]
     for name, r in b.items():
         for kind, exs in r["examples"].items():

@@ -135,11 +135,29 @@ def test_behaviour_detector_and_report(local_run, endless_run, tmp_path):
     rows = [dict(id=f"{cat}/{i}", category=cat, split="heldout", messages=[{"role": "user", "content": f"q {i}"}],
                  **({"check": {"kind": "caps"}} if cat == "steer" else {}))
             for cat in ("disallowed", "allowed", "sensitive", "steer", "toxicity") for i in range(3)]
+    rows += [dict(id=f"chat/{i}", category="chat", split="heldout", messages=[{"role": "user", "content": f"hi {i}"}])
+             for i in range(3)]
     (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    result = behaviour.run_all({"a": local_run, "b": endless_run}, tmp_path, tmp_path, per_category=2, max_tokens=8)
-    for name in ("a", "b"):
+    import shutil
+    import torch
+    from nanogpt4 import checkpoint
+    from nanogpt4.model.gpt import ModelConfig
+    from nanogpt4.posttrain import reward
+    rm_run = tmp_path / "rm"  # local_run's trunk with a random scalar head, saved as `nanogpt4 rm` leaves it
+    cfg = json.loads((local_run / "config.json").read_text())
+    rm = reward.RewardModel(ModelConfig(**cfg["model"]))
+    checkpoint.load(sorted((local_run / "ckpt").glob("step_*"))[-1], rm.trunk)
+    torch.nn.init.normal_(rm.head.weight, generator=torch.Generator().manual_seed(0))
+    checkpoint.save(rm_run / "ckpt", rm, None, {"step": 1})
+    shutil.copy(local_run / "config.json", rm_run / "config.json")
+    shutil.copy(local_run / "tokenizer.json", rm_run / "tokenizer.json")
+    result = behaviour.run_all({"rlhf": endless_run, "b": local_run}, tmp_path, tmp_path, per_category=2,
+                               max_tokens=8, rm_run=rm_run)
+    wins = result["_win_rates"]["rlhf vs b"]
+    assert wins["n"] == 6 and 0 <= wins["rate"] <= 1  # 2 chat + 2 allowed + 2 sensitive prompts, all answered
+    for name in ("rlhf", "b"):
         m = result[name]["metrics"]
         assert m["incorrect_disallowed"]["n"] == 2 and m["steerability"]["n"] == 2 and m["toxic"]["n"] == 2
         assert m["jailbreak_success"]["n"] == 0  # none in this set: reported as n = 0, not dropped
     assert (tmp_path / "behaviour.png").stat().st_size > 5_000
-    assert json.loads((tmp_path / "behaviour.json").read_text())["b"]["run"] == str(endless_run)
+    assert json.loads((tmp_path / "behaviour.json").read_text())["rlhf"]["run"] == str(endless_run)
