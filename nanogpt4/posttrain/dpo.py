@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .. import chat, checkpoint
+from .. import chat
 from ..common import UserError, atomic_write_json, iter_jsonl
 from .objectives import dpo_loss, sequence_logprob, token_logprobs
 from . import trainer
@@ -97,8 +97,7 @@ def train(sft_run, pairs_path, out, steps=200, batch_size=16, lr=2e-4, beta=0.1,
         rec = dict(step=step, loss=loss.item(), margin=(chosen - rejected).mean().item())
         if step % eval_every == 0 or step == steps:
             rec["heldout_accuracy"] = margin_accuracy(model, data["heldout"], ref["heldout"], pad)
-            checkpoint.save(out / "ckpt", model, opt, dict(step=step, config=model.cfg.to_dict()))
-            checkpoint.prune(out / "ckpt", keep=2)
+            trainer.save(out, step, model.cfg.to_dict(), [model], opt)
             if not quiet:
                 print(f"dpo step {step}/{steps}: loss {rec['loss']:.3f}, held-out accuracy "
                       f"{rec['heldout_accuracy']:.3f}", flush=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .. import chat, checkpoint
+from .. import chat
 from ..common import UserError, atomic_write_json, iter_jsonl
 from ..engine import Engine, SamplingParams
 from . import objectives as O
@@ -109,11 +109,7 @@ def train(sft_run, rm_run, prompts_path, out, steps=60, prompts_per_step=16, max
         step += 1
         rec["step"] = step
         if step % 10 == 0 or step == steps:
-            meta = dict(step=step, config=policy.cfg.to_dict())
-            checkpoint.save(out / "ckpt", policy, None, meta)
-            checkpoint.save(out / "state", value, opt, meta)
-            for root in ("ckpt", "state"):
-                checkpoint.prune(out / root, keep=2)
+            trainer.save(out, step, policy.cfg.to_dict(), [value, policy], opt, root="state")
         if not quiet:
             print(f"rlhf step {step}/{steps}: reward {rec['reward']:.3f} (model {rec['reward_model']:.3f}, rules "
                   f"{rec['reward_rules']:.3f}), kl {rec['kl']:.4f}, length {rec['answer_tokens']:.1f}", flush=True)

@@ -97,8 +97,7 @@ def train(sft_run, pairs_path, out, steps=200, batch_size=16, lr=3e-4, seed=0, e
         rec = dict(step=step, loss=loss.item(), train_accuracy=acc.item())
         if step % eval_every == 0 or step == steps:
             rec["heldout_accuracy"] = accuracy(model, data["heldout"], pad)
-            checkpoint.save(out / "ckpt", model, opt, dict(step=step, config=b.model.cfg.to_dict()))
-            checkpoint.prune(out / "ckpt", keep=2)
+            trainer.save(out, step, b.model.cfg.to_dict(), [model], opt)
             if not quiet:
                 print(f"rm step {step}/{steps}: loss {rec['loss']:.3f}, held-out accuracy {rec['heldout_accuracy']:.3f}",
                       flush=True)

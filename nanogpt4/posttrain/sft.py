@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .. import chat, checkpoint
+from .. import chat
 from ..common import UserError, atomic_write_json, iter_jsonl
 from . import trainer
 
@@ -88,8 +88,7 @@ def train(base, data_path, out, steps=300, batch_size=16, lr=6e-4, seed=0, eval_
         rec = dict(step=step, loss=loss.item())
         if step % eval_every == 0 or step == steps:
             rec["heldout_loss"] = heldout_loss(model, held, batch_size, pad, cast)
-            checkpoint.save(out / "ckpt", model, opt, dict(step=step, config=model.cfg.to_dict()))
-            checkpoint.prune(out / "ckpt", keep=2)
+            trainer.save(out, step, model.cfg.to_dict(), [model], opt)
             if not quiet:
                 print(f"sft step {step}/{steps}: loss {rec['loss']:.3f}, held-out {rec['heldout_loss']:.3f}", flush=True)
         trainer.log(metrics, rec)

@@ -59,6 +59,17 @@ def autocast(dtype):
     return (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == "bfloat16" else contextlib.nullcontext
 
 
+def save(out, step, config, parts, opt, root="ckpt"):
+    """What `resume` reads: the others of `parts` into out/ckpt first, then the first of them and `opt` into out/root
+    (so a crash between the two leaves the older pair to resume from); two of each kept."""
+    meta = dict(step=step, config=config)
+    for module in parts[1:]:
+        checkpoint.save(Path(out) / "ckpt", module, None, meta)
+    checkpoint.save(Path(out) / root, parts[0], opt, meta)
+    for r in {"ckpt", root}:
+        checkpoint.prune(Path(out) / r, keep=2)
+
+
 def resume(out, resuming, parts, opt, root="ckpt"):
     """The step to start from: with `resuming`, the newest verified checkpoint in out/root is loaded into the
     first of `parts` (modules) and `opt`, and the others from out/ckpt at the same step; else 0 and a fresh log."""
