@@ -164,7 +164,7 @@ def posttrain_section(out):
     b = _read(out / "posttrain" / "behaviour.json")
     if not b:
         return []
-    wins = b.pop("_win_rates", {})
+    wins, battles = b.pop("_win_rates", {}), b.pop("_battle", {})
     b = {k: b[k] for k in sorted(b, key=lambda k: ("base", "sft", "rlhf", "dpo").index(k)
                                  if k in ("base", "sft", "rlhf", "dpo") else 9)}
     sft, rm, dpo, rlhf = (_read(out / n / "done.json") or {} for n in ("sft", "rm", "dpo", "rlhf"))
@@ -197,6 +197,12 @@ def posttrain_section(out):
         lines += ["", "Win rates judged by the reward model on held-out chat, instruction, allowed and sensitive prompts "
                   "(ties count half): " + ", ".join(f"{k} {v['rate']:.2f} ± {v['stderr']:.2f} ({v['n']})"
                                                     for k, v in wins.items()) + "."]
+    for grader in dict.fromkeys(v["grader"] for v in battles.values()):
+        lines += ["", f"Win rates judged by `{grader}` in the evals framework's model-graded battle (spec `battle-chat`: "
+                  "is the first of two answers to the same held-out prompt the better one?), each pair graded in both "
+                  "orders so a preference for a position cancels; invalid gradings left out: " + ", ".join(
+                      f"{k} {v['rate']:.2f} ± {v['stderr']:.2f} ({v['n']} gradings, {v['invalid']} invalid)"
+                      for k, v in battles.items() if v["grader"] == grader) + "."]
     lines += ["", "![behaviour](posttrain/behaviour.png)", "", "Examples (greedy):", ""]
     for name, r in b.items():
         for kind, exs in r["examples"].items():
@@ -295,9 +301,20 @@ def evals_section(out):
                      f"{r.get('stderr', 0):.3f} | {r.get('chance', 0):.3f} | {r.get('shots_requested')} / "
                      f"{r.get('shots_used_mean', 0):.1f} | {r['n']} | {100 * c['contaminated']:.1f}% | "
                      f"{c['headline']:.3f} |")
+    comp = summary.get("_compare")
+    if comp:
+        from .evals.card import compare_lines, compare_verdict
+        lines += ["", f"### `{comp['run']}` vs `{comp['run2']}`: letter mode side by side (the report's Appendix B)", "",
+                  "Same items, few-shot examples and plain-text prompts for both models (no chat template), so a "
+                  "difference is the weights. Difference = second − first; the paired stderr (per-item differences over "
+                  "the items both answered, in bold) is the one to read.", ""]
+        lines += compare_lines(comp) + ["", compare_verdict(comp["rows"])]
+        if (out / "evals" / "truthfulqa.png").exists():
+            lines += ["", "![TruthfulQA](evals/truthfulqa.png)", "",
+                      "TruthfulQA MC1 of both models ± stderr, chance dashed (the report's Figure 7)."]
     cal = summary.get("_calibration", {})
-    lines += ["", "Calibration (MMLU, letter mode): " + ", ".join(f"`{k}` ECE {v['ece']:.3f} ({v['items']} items)"
-                                                           for k, v in cal.items()) + ".",
+    lines += ["", "Calibration (MMLU, letter mode" + (", side by side: the report's Figure 8" if comp else "") + "): "
+              + ", ".join(f"`{k}` ECE {v['ece']:.3f} ({v['items']} items)" for k, v in cal.items()) + ".",
               "", "![calibration](evals/calibration.png)", ""]
     return lines
 

@@ -2,11 +2,13 @@
 context, both multiple-choice modes scored right by an oracle scorer and at chance by a position-biased one,
 answer extraction for GSM-8K, DROP's F1, HumanEval through the sandbox, and the registry specs end to end."""
 import json
+import math
 import re
 
 import pytest
 
 from nanogpt4.evals import benchmarks as B, completion as CF, registry as R
+from nanogpt4.evals.recorder import read
 from nanogpt4.evals.run import run_eval
 
 MC = {"mmlu": B.MMLU, "hellaswag-10shot": B.HellaSwag, "arc-challenge": B.ARCChallenge, "winogrande": B.WinoGrande,
@@ -179,7 +181,7 @@ def test_report_card_with_contamination_and_calibration(reg, local_run, tmp_path
     docs = ["Some unrelated training text about ships and whales. " * 20,
             "Copied from a test: " + card.item_text(items[0]) + " and more"]
     corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
-    out = tmp_path / "card"
+    out = tmp_path / "work" / "evals"
     cli(["report", str(local_run), "--compare", str(local_run), "--corpus", str(corpus), "--max-samples", "3",
          "--out", str(out)])
     summary = json.loads((out / "benchmarks.json").read_text())
@@ -194,6 +196,62 @@ def test_report_card_with_contamination_and_calibration(reg, local_run, tmp_path
     assert len(summary["_calibration"]) == 2  # the model and the --compare one, side by side
     md = (out / "report.md").read_text()
     assert "| MMLU | likelihood |" in md and "ECE" in md and (out / "calibration.png").stat().st_size > 10_000
+
+    # --compare: the letter-mode set on the second model (here the same one), records of its own, side by side
+    comp = summary["_compare"]
+    letter = reg.resolve(card.COMPARE_SETS)
+    assert comp["run"] == comp["run2"] == str(local_run) and sorted(comp["rows"]) == sorted(letter)
+    assert sorted(p.name for p in (out / "compare" / "records").iterdir()) == \
+        sorted(f"{reg.get_eval(n).key}.jsonl" for n in letter)
+    for name, row in comp["rows"].items():
+        assert row["score"] == summary[name]["report"]["score"] and row["stderr"] == summary[name]["report"]["stderr"]
+        # the same weights on the same prompts: every per-item difference is exactly 0
+        assert row["compare_score"] == row["score"] and row["diff"] == row["diff_paired"] == 0.0
+        assert row["diff_stderr_paired"] == 0.0 and row["n"] == row["n_run"] == row["n_compare"] == 3
+        assert row["diff_stderr"] == pytest.approx(math.sqrt(2) * row["stderr"])
+    base, again = (read(out / d / "records" / f"{reg.get_eval('mmlu-letter').key}.jsonl")[1] for d in (".", "compare"))
+    assert {e["sample_id"]: e["data"]["probs"] for e in base} == {e["sample_id"]: e["data"]["probs"] for e in again}
+    assert comp["calibration"]["run"] == comp["calibration"]["compare"] == summary["_calibration"][str(local_run)]["ece"]
+    assert (out / "truthfulqa.png").stat().st_size > 10_000
+    rows = [line for line in md.splitlines() if line.startswith("| TruthfulQA | letter | acc |")]
+    assert len(rows) == 2 and "**+0.000 ± 0.000** | 3 |" in rows[1]  # the main table's row, then the side-by-side one
+    assert "![TruthfulQA](truthfulqa.png)" in md and "within noise on 5 of 5" in md and "no chat template" in md
+    logs = []  # resumable: a second run finds every item recorded
+    card.run_benchmarks(local_run, out / "compare", reg, 3, threads=2, log=logs.append, sets=card.COMPARE_SETS)
+    assert sum("resuming, 3 of 3" in line for line in logs) == len(letter)
+    from nanogpt4 import report
+    main_card = report.write(tmp_path / "work").read_text()  # the main report card shows the table and both figures
+    assert "| MMLU | letter | acc |" in main_card and "**+0.000 ± 0.000** | 3 |" in main_card
+    assert "![TruthfulQA](evals/truthfulqa.png)" in main_card and "![calibration](evals/calibration.png)" in main_card
+
+
+def test_compare_rows_pair_items_by_id(tmp_path):
+    """The side-by-side row of one benchmark from two records: the independent stderr from the two reports, the
+    paired one from the per-item differences over the items both models have."""
+    from nanogpt4.evals import card
+    from nanogpt4.evals.recorder import Recorder
+
+    def record(name, correct):
+        rec = Recorder(tmp_path / f"{name}.jsonl", dict(eval=name))
+        for i, ok in correct.items():
+            rec.sample(f"x.test.v1.{i}", 0, dict(correct=ok))
+        acc = sum(correct.values()) / len(correct)
+        return dict(benchmark="X", mode="letter", metric="acc", chance=0.25, n=len(correct), score=acc,
+                    stderr=math.sqrt(acc * (1 - acc) / len(correct))), tmp_path / f"{name}.jsonl"
+    r1, p1 = record("base", {0: True, 1: False, 2: True, 3: True, 4: False})
+    r2, p2 = record("post", {0: True, 1: True, 2: False, 3: True, 5: True})  # item 4 missing, item 5 extra
+    row = card.compare_rows({"x": (None, r1, p1)}, {"x": (None, r2, p2)})["x"]
+    assert row["n"] == 4 and (row["n_run"], row["n_compare"]) == (5, 5)
+    assert row["diff"] == pytest.approx(0.8 - 0.6) and row["diff_paired"] == 0.0  # differences 0, +1, -1, 0
+    assert row["diff_stderr"] == pytest.approx(math.sqrt(0.6 * 0.4 / 5 + 0.8 * 0.2 / 5))
+    assert row["diff_stderr_paired"] == pytest.approx(math.sqrt(2 / 3) / 2)
+    compare = dict(run="a", run2="b", rows={"x": row})
+    assert card.compare_lines(compare)[2] == \
+        "| X | letter | acc | 0.600 ± 0.219 | 0.800 ± 0.179 | +0.200 ± 0.283 | **+0.000 ± 0.408** | 4 (5 / 5) |"
+    assert card.compare_verdict({"x": row}) == "Beyond two paired standard errors: higher on none; lower on none; " \
+        "within noise on 1 of 1."
+    assert card.compare_verdict({"x": dict(row, diff_paired=-0.9)}).startswith(
+        "Beyond two paired standard errors: higher on none; lower on X;")
 
 
 @pytest.mark.network

@@ -217,6 +217,22 @@ class Scripted:
         return CF.CompletionResult([self.answer(prompt)])
 
 
+def test_model_graded_battle_gives_each_output_to_its_own_policy():
+    reg = R.Registry([R.BUILTIN])  # nanogpt4's own specs only: no wheel, no network
+    spec = R.EvalSpec("b", "b.v0", "evals.elsuite.modelgraded.classify:ModelBasedClassify", {}, R.BUILTIN)
+    msgs = [{"role": "user", "content": "Name a fruit."}]
+    a, b, grader = Scripted(lambda p: "apple"), Scripted(lambda p: "banana"), Scripted(lambda p: "Yes")
+    rec = T.ModelBasedClassify([a, b, grader], reg, spec, modelgraded_spec="battle-chat").eval_sample(
+        {"input1": msgs, "input2": msgs}, __import__("random").Random(0))
+    assert rec["answers"] == {"completion1": "apple", "completion2": "banana"} and a.calls == b.calls == 1
+    text = rec["prompt"][-1]["content"]
+    assert "Name a fruit." in text and text.index("Response 1: apple") < text.index("Response 2: banana")
+    assert rec["choice"] == "Yes" and rec["score"] == 1.0
+    rec = T.ModelBasedClassify([a, grader], reg, spec, modelgraded_spec="battle-chat").eval_sample(
+        {"input1": msgs, "input2": msgs}, __import__("random").Random(0))  # one policy answers both, as before
+    assert rec["answers"] == {"completion1": "apple", "completion2": "apple"} and b.calls == 1
+
+
 @pytest.mark.network
 def test_recorder_resumes_without_redoing_samples(reg, tmp_path):
     spec = reg.get_eval("algebra-word-problems")

@@ -67,6 +67,19 @@ def test_sft_learns_resumes_exactly_and_guards_its_run(local_run, tmp_path):
         sft.train(local_run, tmp_path / "missing.jsonl", tmp_path / "x", **kw)
 
 
+def test_safety_share_keeps_that_share_of_refusals_only():
+    rows = [dict(id=f"x/{i}", category=c) for i in range(2000) for c in ("disallowed", "chat")]
+    for share in (0.0, 0.1, 0.5):
+        kept = [r for r in rows if sft.kept(r, share)]
+        refusals = [r for r in kept if r["category"] == "disallowed"]
+        assert len(kept) - len(refusals) == 2000  # other conversations are all kept
+        assert abs(len(refusals) - 2000 * share) <= 60, (share, len(refusals))
+    assert [r["id"] for r in rows if sft.kept(r, 0.1)] == [r["id"] for r in rows if sft.kept(r, 0.1)]
+    assert {r["id"] for r in rows if sft.kept(r, 0.1) and r["category"] == "disallowed"} <= \
+        {r["id"] for r in rows if sft.kept(r, 0.5)}  # a larger share adds to a smaller one
+    assert all(sft.kept(r, 1.0) for r in rows)
+
+
 def test_reward_model_learns_generated_preferences(local_run, tmp_path):
     from nanogpt4.posttrain import reward
     from nanogpt4.common import iter_jsonl

@@ -30,7 +30,8 @@ def reliability(confidence, correct, bins=10):
 
 
 def plot(curves, path, title="Calibration"):
-    """curves: {label: (confidence, correct)} → one reliability diagram per model, side by side (PNG)."""
+    """curves: {label: (confidence, correct)} → one reliability diagram per model, side by side (PNG): accuracy per
+    confidence bin with its item count, the diagonal, the ECE in each panel's title (the report's Figure 8)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -39,6 +40,8 @@ def plot(curves, path, title="Calibration"):
         rows, ece = reliability(conf, ok)
         mids = [(r["low"] + r["high"]) / 2 for r in rows]
         ax.bar(mids, [r["accuracy"] for r in rows], width=0.09, color="tab:blue", alpha=0.8, label="accuracy")
+        for m, r in zip(mids, rows):  # items per bin, so that a bin right 0% of the time is seen too
+            ax.text(m, r["accuracy"] + 0.01, str(r["n"]), ha="center", fontsize=7, color="tab:blue")
         ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="P(answer)", ylabel="P(correct)",
                title=f"{label}\nECE {ece:.3f} ({len(conf)} items)")

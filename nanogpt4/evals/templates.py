@@ -272,7 +272,11 @@ def get_choice(text, eval_type, match_fn, choices):
 
 class ModelBasedClassify(Eval):
     """The completion function answers each sample; the last completion function (the grader) classifies the
-    answer with the model-graded spec's prompt, and the choice is scored with the spec's choice_scores."""
+    answer with the model-graded spec's prompt, and the choice is scored with the spec's choice_scores.
+
+    With two or more policies (every completion function but the grader) and multicomp_n 1, the spec's k-th
+    input_outputs entry is answered by policies[k % len(policies)]: a battle between models (battle-chat). One
+    policy answers every entry."""
 
     def __init__(self, *a, modelgraded_spec, modelgraded_spec_args=None, sample_kwargs=None, eval_kwargs=None,
                  multicomp_n=1, eval_type=None, match_fn=None, metaeval=False, **kw):
@@ -289,31 +293,38 @@ class ModelBasedClassify(Eval):
         self.metaeval = metaeval
         self.choices = choice_strings(self.mg["choice_strings"], self.n)
 
-    def policy_answer(self, prompt, rng):
+    def policy_answer(self, prompt, rng, k=0):
+        """The answer to the spec's k-th input: policies[k % len(policies)]'s, or n of them, joined."""
         seed = rng.randrange(2 ** 31)  # sampled answers (temperature > 0) are reproducible per sample
         if self.n <= 1:
-            return self._sample(self.policies[0], prompt, seed)
+            return self._sample(self.policies[k % len(self.policies)], prompt, seed)
         outs = [self._sample(self.policies[i % len(self.policies)], prompt, seed + i) for i in range(self.n)]
         letters = string.ascii_lowercase, string.ascii_uppercase
         return "".join(fill(self.mg["output_template"], allow_missing=True, i=i + 1, i_abc=letters[0][i % 26],
                             i_ABC=letters[1][i % 26], output=o, n=self.n) for i, o in enumerate(outs)).strip()
 
     def _sample(self, fn, prompt, seed):
-        kw = dict(dict(temperature=0.0, seed=seed), **self.sample_kwargs)
-        return fn(prompt=prompt, **kw).get_completions()[0]
+        return self._first(fn, prompt, **dict(dict(temperature=0.0, seed=seed), **self.sample_kwargs))
+
+    @staticmethod
+    def _first(fn, prompt, **kw):
+        """fn's first completion; prompt tokens it cut to fit are counted for the record (a grader's too)."""
+        res = fn(prompt=prompt, **kw)
+        CUT.tokens = getattr(CUT, "tokens", 0) + res.info.get("truncated", 0)
+        return res.get_completions()[0]
 
     def eval_sample(self, sample, rng):
         answers = {}
-        for inp, out in self.mg["input_outputs"].items():
+        for k, (inp, out) in enumerate(self.mg["input_outputs"].items()):
             if out not in sample:  # a sample may carry its completion already (meta-evaluation data)
-                answers[out] = self.policy_answer(sample[inp], rng)
+                answers[out] = self.policy_answer(sample[inp], rng, k)
         prompt = self.mg["prompt"]
         prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
         if self.eval_type in ANSWER_PROMPTS:
             choices_text = " or ".join(f'"{c}"' for c in self.choices)
             prompt[-1]["content"] += "\n\n" + ANSWER_PROMPTS[self.eval_type].format(choices=choices_text)
         prompt = fill_prompt(prompt, **{"n": self.n, **answers, **sample, **self.mg_args})
-        grading = self.grader(prompt=prompt, **dict(dict(temperature=0.0), **self.eval_kwargs)).get_completions()[0]
+        grading = self._first(self.grader, prompt, **dict(dict(temperature=0.0), **self.eval_kwargs))
         choice = get_choice(grading, self.eval_type, self.match_fn, self.choices)
         scores = self.mg.get("choice_scores")
         if scores == "from_strings":

@@ -7,6 +7,7 @@ sha256-verified), metrics.jsonl (train loss; held-out loss on the `heldout` spli
 The batch order is a pure function of (seed, step), so `--resume` continues exactly where a killed run stopped.
 Conversations that do not fit the context are dropped and counted, never silently cut.
 """
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -18,12 +19,20 @@ from ..common import UserError, atomic_write_json, iter_jsonl
 from . import trainer
 
 
-def examples(tok, path, seq_len, split):
-    """(ids, mask) of every conversation of `split` in the JSONL at `path` that fits `seq_len` + 1 tokens, and how
-    many did not fit."""
+def kept(row, safety_share):
+    """Whether a training conversation is used: all of them, except that only a `safety_share` of the refusals of
+    disallowed requests (chosen by a hash of the row's id, so the same ones every run) are."""
+    if row.get("category") != "disallowed" or safety_share >= 1:
+        return True
+    return int(hashlib.sha256(str(row["id"]).encode()).hexdigest()[:8], 16) / 16 ** 8 < safety_share
+
+
+def examples(tok, path, seq_len, split, safety_share=1.0):
+    """(ids, mask) of every conversation of `split` in the JSONL at `path` that fits `seq_len` + 1 tokens (of the
+    training split, those `kept`), and how many did not fit."""
     out, dropped = [], 0
     for row in iter_jsonl(path):
-        if row.get("split", "train") != split:
+        if row.get("split", "train") != split or (split == "train" and not kept(row, safety_share)):
             continue
         r = chat.render(tok, row["messages"], generate=False)
         if len(r.ids) > seq_len + 1:
@@ -59,13 +68,14 @@ def heldout_loss(model, data, size, pad, autocast):
 
 
 def train(base, data_path, out, steps=300, batch_size=16, lr=6e-4, seed=0, eval_every=50, dtype="bfloat16",
-          resume=False, quiet=False):
+          resume=False, quiet=False, safety_share=1.0):
     """Fine-tune `base` on the conversations in `data_path` into the run directory `out`; returns done.json."""
-    cfg = dict(steps=steps, batch_size=batch_size, lr=lr, seed=seed, eval_every=eval_every, dtype=dtype)
+    cfg = dict(steps=steps, batch_size=batch_size, lr=lr, seed=seed, eval_every=eval_every, dtype=dtype,
+               safety_share=safety_share)
     b = trainer.setup(base, data_path, out, cfg, resume)
     out, model, tok = Path(out), b.model.train(), b.tok
     seq_len = model.cfg.seq_len
-    train_set, dropped = examples(tok, data_path, seq_len, "train")
+    train_set, dropped = examples(tok, data_path, seq_len, "train", safety_share)
     held, held_dropped = examples(tok, data_path, seq_len, "heldout")
     if len(train_set) < batch_size:
         raise UserError(f"{data_path}: {len(train_set)} training conversations fit the context, fewer than a batch")
@@ -92,7 +102,7 @@ def train(base, data_path, out, steps=300, batch_size=16, lr=6e-4, seed=0, eval_
             if not quiet:
                 print(f"sft step {step}/{steps}: loss {rec['loss']:.3f}, held-out {rec['heldout_loss']:.3f}", flush=True)
         trainer.log(metrics, rec)
-    done = dict(step=step, train_conversations=len(train_set), heldout_conversations=len(held),
+    done = dict(step=step, train_conversations=len(train_set), safety_share=safety_share, heldout_conversations=len(held),
                 dropped_too_long=dropped + held_dropped, seconds=round(time.perf_counter() - t0, 1),
                 heldout_loss=[r for r in iter_jsonl(metrics) if "heldout_loss" in r][-1]["heldout_loss"],
                 heldout_loss_base=next(iter_jsonl(metrics))["heldout_loss"])
@@ -108,11 +118,16 @@ def add_args(p):
                    help="conversations (JSONL: messages, split train|heldout), e.g. from `nanogpt4 posttrain-data`")
     p.add_argument("--out", default="runs/default/sft", help="the SFT run directory")
     trainer.add_args(p, steps=300, lr=6e-4, unit="conversations")  # lr: a tenth of pretraining's
+    p.add_argument("--safety-share", type=float, default=1.0,
+                   help="share of the refusal demonstrations (disallowed requests) trained on, 0-1: the report's "
+                        "recipe leaves most safety behaviour to RLHF with the RBRM reward")
 
 
 def main(args):
     trainer.check_args(args)
+    if not 0 <= args.safety_share <= 1:
+        raise UserError("--safety-share must be between 0 and 1")
     done = train(args.base, args.data, args.out, args.steps, args.batch_size, args.lr, args.seed, args.eval_every,
-                 args.dtype, args.resume)
+                 args.dtype, args.resume, safety_share=args.safety_share)
     print(json.dumps(done))
     return done
