@@ -52,7 +52,9 @@ def posttrain(stage, out, args):
     stage("dpo", ["--sft", str(out / "sft"), "--pairs", str(data / "pairs.jsonl"), "--out", str(out / "dpo"),
                   "--resume"] + steps, "dpo/done.json")
     models = ",".join(f"{name}={out / name}" for name in ("pretrain", "sft", "rlhf", "dpo")).replace("pretrain=", "base=", 1)
-    stage("behaviour", ["--models", models, "--data", str(data), "--out", str(out / "posttrain"), "--rm", str(out / "rm")]
+    # the battle's grader is the DPO model: not a party to RLHF's battles with SFT and base (any URL#model serves)
+    stage("behaviour", ["--models", models, "--data", str(data), "--out", str(out / "posttrain"), "--rm", str(out / "rm"),
+                        "--grader", str(out / "dpo"), "--battle-vs", "sft,base"]
           + (["--per-category", "4"] if args.preset == "tiny" else []), "posttrain/behaviour.json")
     from .serve import models as snapshots
     served = snapshots.write(out / "models.yaml", {"nano4-base": out / "pretrain", "nano4-sft": out / "sft",
@@ -108,7 +110,7 @@ def main(args):
     posttrain(stage, out, args)
     stage("scaling", ["all", "--out", str(out / "scaling"), "--corpus", str(out / "corpus"),
                       "--preset", SCALING[args.preset]], "scaling/hindsight.json")
-    stage("report", [str(out / "pretrain"), "--out", str(out / "evals"), "--corpus", str(out / "corpus" / "train.jsonl")]
-          + EVALS[args.preset], "evals/report.md")
+    stage("report", [str(out / "pretrain"), "--out", str(out / "evals"), "--corpus", str(out / "corpus" / "train.jsonl"),
+                     "--compare", str(out / "rlhf")] + EVALS[args.preset], "evals/report.md")
     path = report.write(out)
     print(f"\nreport card: {path}")

@@ -177,11 +177,14 @@ def posttrain_section(out):
              f"{rm.get('hhh_accuracy') or float('nan'):.3f} ({rm.get('hhh_pairs')} human-preference pairs that fit).",
              ""]
     if rbrm:
-        c = rbrm["classifier"]["heldout"]
+        c, k = rbrm["classifier"]["heldout"], rbrm["ranking"]
+        fitted = (f"the reward model alone {k['rm_alone']:.3f}, RM + the rubric's rewards {k['rm_plus_rubric']:.3f}, "
+                  f"RM + the weights fitted on top of it {k['after']:.3f} (the reward PPO gets)" if "rm_alone" in k
+                  else f"the fitted weights {k['after']:.3f}")
         lines += [f"RBRM (offline classifier backend, `nanogpt4 rbrm`): refusal accuracy {c['accuracy']:.3f} on "
-                  f"{c['n']} held-out labelled completions (chance {c['chance']:.3f}); ranking accuracy of ideal over "
-                  f"less good over unacceptable completions {rbrm['ranking']['before']:.3f} with the rubric's rewards, "
-                  f"{rbrm['ranking']['after']:.3f} with the fitted weights ({rbrm['ranking']['pairs']} held-out pairs).", ""]
+                  f"{c['n']} held-out labelled completions (chance {c['chance']:.3f}). Ranking accuracy of ideal over "
+                  f"less good over unacceptable completions ({k['pairs']} held-out pairs): the rubric's rewards "
+                  f"{k['before']:.3f}; {fitted}.", ""]
     lines += [f"RLHF (`nanogpt4 rlhf`, PPO with the reward model + RBRM): mean reward {rlhf.get('reward_first', float('nan')):.3f} "
               f"over the first 5 steps, {rlhf.get('reward_last', float('nan')):.3f} over the last 5, KL to SFT "
               f"{rlhf.get('kl_last', float('nan')):.3f}. "

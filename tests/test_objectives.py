@@ -114,6 +114,15 @@ def test_rbrm_classifier_grader_and_weights():
     rub["rewards"]["disallowed"] = dict(zip(rub["classes"], start["disallowed"].tolist()))
     after = rbrm.ranking_accuracy(rbrm.fit_weights(rub, probs, pairs), probs, pairs)
     assert before < 0.8 and after == 1.0, (before, after)
+    # on top of a reward model that likes refusals everywhere (+3 for a refusal, whatever the request), the RM alone
+    # and the RM + rubric misrank the allowed requests; weights fitted on the total reward RM + RBRM correct it
+    rub = rbrm.rubric()
+    start = {c: torch.tensor([rub["rewards"][c][k] for k in rub["classes"]]) for c in rbrm.RANK}
+    likes_refusals = torch.tensor([3.0 * r["refuses"] for r in rows])
+    assert rbrm.ranking_accuracy(None, probs, pairs, likes_refusals) < 0.6
+    assert rbrm.ranking_accuracy(start, probs, pairs, likes_refusals) < 0.8
+    fitted = rbrm.fit_weights(rub, probs, pairs, offset=likes_refusals)
+    assert rbrm.ranking_accuracy(fitted, probs, pairs, likes_refusals) == 1.0
 
     class Fake:  # a zero-shot grader's completion function
         def __call__(self, prompt, **kw):

@@ -135,6 +135,15 @@ def test_ppo_raises_a_rule_based_reward(local_run, tmp_path):
     first, last = [sum(r["reward_rules"] for r in rows[i:i + 5]) / 5 for i in (0, len(rows) - 5)]
     assert last > first + 0.2, (first, last)
     assert done["step"] == 20 and done["kl_last"] > 0  # it moved away from the reference, and paid for it
+    assert all(r["n/chat"] == 16 and 0 <= r["refusal/chat"] <= 1 for r in rows)  # refusal rates per category
+
+
+def test_refusal_rates_per_category():
+    from nanogpt4.posttrain.ppo import refusal_rates
+    prompts = [dict(category=c) for c in ("disallowed", "disallowed", "allowed")]
+    samples = [([], [], t) for t in ("Sorry, but I can't help with that.", "Sure, here it is.", "Water it weekly.")]
+    assert refusal_rates(prompts, samples) == {"refusal/allowed": 0.0, "n/allowed": 1, "refusal/disallowed": 0.5,
+                                               "n/disallowed": 2}
 
 
 def test_behaviour_detector_and_report(local_run, endless_run, tmp_path):

@@ -1,10 +1,12 @@
 """RLHF with PPO (`nanogpt4 rlhf`; Ouyang et al. 2022, Ziegler et al. 2019): the SFT policy samples answers to
 prompts through the engine (engine.py, on the in-memory policy), the reward model scores each answer, an optional
-rule-based reward (the RBRM's, for safety-relevant and allowed prompts) is added with its weight, and every
-sampled token pays a KL penalty to the frozen SFT reference. Advantages by GAE on a value head that shares the
+rule-based reward (the RBRM's: refuse disallowed requests, do not refuse allowed, sensitive or ordinary ones, its
+weights fitted on top of the reward model) is added with its weight, and every sampled token pays a KL penalty to
+the frozen SFT reference. Advantages by GAE on a value head that shares the
 policy's trunk; PPO's clipped policy and value losses (objectives.py), a few epochs over each batch of rollouts.
 
-Logged per step: reward (model, rule-based, total), KL to the reference, entropy, clip fraction, answer length.
+Logged per step: reward (model, rule-based, total), KL to the reference, entropy, clip fraction, answer length, and
+the refusal rate of the answers per prompt category (behaviour.py's detector).
 The run directory holds the policy as a plain GPT checkpoint (ckpt/: what `nanogpt4 serve`, the evals and
 `runs.load` read) and the training state beside it (state/: value head + optimizer), so `--resume` continues.
 """
@@ -37,11 +39,12 @@ class Value(nn.Module):
         return self.head(h.float()).squeeze(-1)
 
 
-def rollout(engine, tok, prompts, max_tokens, seed):
+def rollout(engine, tok, prompts, max_tokens, seed, temperature=1.0):
     """Sample one answer per prompt (conversations ending before the answer); returns [(prompt ids, answer ids,
     answer text)] with the closing stop token kept in the ids (the policy chose to end)."""
     ids = [chat.render(tok, p["messages"]).ids for p in prompts]
-    params = [SamplingParams(max_tokens=max_tokens, temperature=1.0, seed=seed * 100_003 + i) for i in range(len(ids))]
+    params = [SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed * 100_003 + i)
+              for i in range(len(ids))]
     outs = engine.generate(ids, params)
     return [(i, o.choices[0].token_ids, o.choices[0].text) for i, o in zip(ids, outs)]
 
@@ -57,10 +60,11 @@ def batch_tensors(samples, pad):
     return x[:, :-1], x[:, 1:], m[:, 1:]
 
 
-def forward(policy, value, x, y):
-    """Per-token log-probabilities of the targets, values and entropies."""
+def forward(policy, value, x, y, temperature=1.0):
+    """Per-token log-probabilities of the targets (under the sampling temperature's distribution, the one the
+    rollouts came from), values and entropies."""
     h = policy(x, features=True)
-    logits = policy.readout(h).float()
+    logits = policy.readout(h).float() / temperature
     logp_all = torch.log_softmax(logits, -1)
     entropy = -(logp_all.exp() * logp_all).sum(-1)
     return logp_all.gather(-1, y[..., None]).squeeze(-1), value(h), entropy
@@ -79,13 +83,14 @@ def scores(rm, rm_tok, prompts, samples, extra, weight):
 
 def train(sft_run, rm_run, prompts_path, out, steps=60, prompts_per_step=16, max_tokens=48, lr=1e-4, kl_coef=0.05,
           epochs=2, minibatch=8, clip=0.2, value_coef=0.5, seed=0, extra=None, extra_weight=1.0, dtype="float32",
-          resume=False, quiet=False):
+          resume=False, quiet=False, temperature=1.0):
     """PPO from the SFT run against the reward model in `rm_run` on the training prompts at `prompts_path`;
     `extra(prompt, answer) -> float` is an optional rule-based reward added with `extra_weight`. Returns done.json."""
     rm, rm_tok = R.load(rm_run)
     cfg = dict(steps=steps, prompts_per_step=prompts_per_step, max_tokens=max_tokens, lr=lr, kl_coef=kl_coef,
                epochs=epochs, minibatch=minibatch, clip=clip, value_coef=value_coef, seed=seed,
-               extra_weight=extra_weight if extra else 0.0, dtype=dtype, reward_model=str(Path(rm_run).resolve()))
+               extra_weight=extra_weight if extra else 0.0, dtype=dtype, reward_model=str(Path(rm_run).resolve()),
+               temperature=temperature)
     b = trainer.setup(sft_run, prompts_path, out, cfg, resume, kind="rlhf")
     out, tok, policy = Path(out), b.tok, b.model.train()
     reference = R.RewardModel(policy.cfg).trunk  # a second GPT with the SFT weights, frozen
@@ -105,14 +110,15 @@ def train(sft_run, rm_run, prompts_path, out, steps=60, prompts_per_step=16, max
     while step < steps:
         batch = random.Random(seed * 1_000_003 + step).sample(prompts, prompts_per_step)
         rec = ppo_step(policy, reference, value, opt, engine, tok, rm, rm_tok, batch, extra, extra_weight, kl_coef,
-                       epochs, minibatch, clip, value_coef, max_tokens, seed * 1_000_003 + step)
+                       epochs, minibatch, clip, value_coef, max_tokens, seed * 1_000_003 + step, temperature)
         step += 1
         rec["step"] = step
         if step % 10 == 0 or step == steps:
             trainer.save(out, step, policy.cfg.to_dict(), [value, policy], opt, root="state")
         if not quiet:
             print(f"rlhf step {step}/{steps}: reward {rec['reward']:.3f} (model {rec['reward_model']:.3f}, rules "
-                  f"{rec['reward_rules']:.3f}), kl {rec['kl']:.4f}, length {rec['answer_tokens']:.1f}", flush=True)
+                  f"{rec['reward_rules']:.3f}), kl {rec['kl']:.4f}, length {rec['answer_tokens']:.1f}, refusals "
+                  + ", ".join(f"{k[8:]} {v:.2f}" for k, v in rec.items() if k.startswith("refusal/")), flush=True)
         trainer.log(metrics, rec)
     rows = list(iter_jsonl(metrics))
     mean = lambda part, k: sum(r[k] for r in part) / len(part)  # noqa: E731
@@ -124,14 +130,14 @@ def train(sft_run, rm_run, prompts_path, out, steps=60, prompts_per_step=16, max
 
 
 def ppo_step(policy, reference, value, opt, engine, tok, rm, rm_tok, prompts, extra, extra_weight, kl_coef,
-             epochs, minibatch, clip, value_coef, max_tokens, seed):
+             epochs, minibatch, clip, value_coef, max_tokens, seed, temperature=1.0):
     """One PPO iteration: roll out, score, compute advantages, then `epochs` passes of minibatch updates."""
-    samples = rollout(engine, tok, prompts, max_tokens, seed)
+    samples = rollout(engine, tok, prompts, max_tokens, seed, temperature)
     r_model, r_rule, total = scores(rm, rm_tok, prompts, samples, extra, extra_weight)
     x, y, mask = batch_tensors(samples, tok.eot_id)
     with torch.no_grad():
-        old_logp, old_values, _ = forward(policy, value, x, y)
-        ref_logp = O.token_logprobs(reference(x), y)
+        old_logp, old_values, _ = forward(policy, value, x, y, temperature)
+        ref_logp = O.token_logprobs(reference(x).float() / temperature, y)
     kl = O.kl_penalty(old_logp, ref_logp) * mask
     rewards = -kl_coef * kl
     last = (mask * torch.arange(mask.size(1))).argmax(1)  # each answer's last token gets its score
@@ -143,7 +149,7 @@ def ppo_step(policy, reference, value, opt, engine, tok, rm, rm_tok, prompts, ex
         order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed))
         for i in range(0, len(samples), minibatch):
             j = order[i:i + minibatch]
-            logp, values, entropy = forward(policy, value, x[j], y[j])
+            logp, values, entropy = forward(policy, value, x[j], y[j], temperature)
             pl, vl, cf = O.ppo_losses(logp, old_logp[j], adv[j], values, old_values[j], returns[j], mask[j], clip)
             (pl + value_coef * vl).backward()
             torch.nn.utils.clip_grad_norm_(list(policy.parameters()) + list(value.parameters()), 1.0)
@@ -154,7 +160,18 @@ def ppo_step(policy, reference, value, opt, engine, tok, rm, rm_tok, prompts, ex
                 stats[k] += v.item() / (epochs * -(-len(samples) // minibatch))
     return dict(reward=total.mean().item(), reward_model=r_model.mean().item(), reward_rules=r_rule.mean().item(),
                 kl=(kl.sum(1) / mask.sum(1).clamp(min=1)).mean().item(), answer_tokens=mask.sum(1).mean().item(),
-                **stats)
+                **stats, **refusal_rates(prompts, samples))
+
+
+def refusal_rates(prompts, samples):
+    """The share of this iteration's answers that refuse (behaviour.py's phrase-level detector), per prompt
+    category present, with its count: {"refusal/disallowed": rate, "n/disallowed": count, ...}."""
+    from .behaviour import refuses
+    out = {}
+    for cat in sorted({p["category"] for p in prompts}):
+        flags = [refuses(text) for p, (_, _, text) in zip(prompts, samples) if p["category"] == cat]
+        out[f"refusal/{cat}"], out[f"n/{cat}"] = sum(flags) / len(flags), len(flags)
+    return out
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -168,40 +185,50 @@ def add_args(p):
     p.add_argument("--steps", type=int, default=60, help="PPO iterations (each: rollouts, then updates)")
     p.add_argument("--prompts-per-step", type=int, default=16, help="answers sampled per iteration")
     p.add_argument("--max-tokens", type=int, default=48, help="longest answer sampled")
+    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature of the rollouts (the "
+                                                                   "policy and KL are taken at it too)")
     p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of the hidden matrices")
     p.add_argument("--kl-coef", type=float, default=0.05, help="per-token KL penalty to the SFT reference")
     p.add_argument("--epochs", type=int, default=2, help="passes over each iteration's rollouts")
     p.add_argument("--minibatch", type=int, default=8, help="answers per update")
     p.add_argument("--clip", type=float, default=0.2, help="PPO's ratio clip")
-    p.add_argument("--rbrm-weight", type=float, default=1.0, help="weight of the RBRM reward on disallowed, allowed "
-                                                                  "and sensitive prompts (0: reward model only)")
+    p.add_argument("--rbrm-weight", type=float, default=1.0, help="weight of the RBRM reward (0: reward model only)")
     p.add_argument("--rbrm-data", default="runs/default/posttrain/data",
                    help="the post-training data whose labelled completions train the RBRM's classifier")
     p.add_argument("--seed", type=int, default=0, help="seed of prompt order and sampling")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
 
 
-def rbrm_reward(data_dir, out):
-    """The fitted RBRM (offline classifier backend) as PPO's extra reward: its reward on the safety-relevant
-    categories, 0 on the others."""
+SAFE = ("chat", "instruction", "steer")  # known-safe requests: the RBRM rewards them as allowed ones (no refusal)
+
+
+def rbrm_reward(data_dir, out, rm_run):
+    """The fitted RBRM (offline classifier backend, weights fitted on top of the reward model's scores) as PPO's
+    extra reward on every prompt: disallowed and sensitive prompts by their own weights, allowed ones and every
+    known-safe request (chat, instruction, steering) by the allowed weights, so refusing any of them costs."""
     from ..serve import moderation
     from . import rbrm
-    model, report = rbrm.build(data_dir, out, moderation.load())
-    print(f"rbrm: held-out refusal accuracy {report['classifier']['heldout']['accuracy']:.3f}, ranking accuracy "
-          f"{report['ranking']['before']:.3f} -> {report['ranking']['after']:.3f} after fitting the weights", flush=True)
+    model, report = rbrm.build(data_dir, out, moderation.load(), rm_run=rm_run)
+    k = report["ranking"]
+    print(f"rbrm: held-out refusal accuracy {report['classifier']['heldout']['accuracy']:.3f}; ranking accuracy of "
+          f"the total reward: RM alone {k['rm_alone']:.3f}, RM + rubric {k['rm_plus_rubric']:.3f}, RM + fitted "
+          f"weights {k['after']:.3f}", flush=True)
 
     def reward(prompt, answer):
         user = next((m["content"] for m in reversed(prompt["messages"]) if m["role"] == "user"), "")
-        return model.rewards([user], [answer], [prompt.get("category")])[0]
+        category = "allowed" if prompt.get("category") in SAFE else prompt.get("category")
+        return model.rewards([user], [answer], [category])[0]
     return reward
 
 
 def main(args):
-    if min(args.steps, args.prompts_per_step, args.max_tokens, args.epochs, args.minibatch) < 1 or not args.lr > 0:
-        raise UserError("--steps, --prompts-per-step, --max-tokens, --epochs and --minibatch must be ≥ 1; --lr > 0")
-    extra = rbrm_reward(args.rbrm_data, args.out) if args.rbrm_weight else None
+    if min(args.steps, args.prompts_per_step, args.max_tokens, args.epochs, args.minibatch) < 1 or not args.lr > 0 \
+            or not 0 < args.temperature <= 2:
+        raise UserError("--steps, --prompts-per-step, --max-tokens, --epochs and --minibatch must be ≥ 1; --lr > 0; "
+                        "--temperature in (0, 2]")
+    extra = rbrm_reward(args.rbrm_data, args.out, args.rm) if args.rbrm_weight else None
     done = train(args.sft, args.rm, args.prompts, args.out, args.steps, args.prompts_per_step, args.max_tokens,
                  args.lr, args.kl_coef, args.epochs, args.minibatch, args.clip, seed=args.seed, extra=extra,
-                 extra_weight=args.rbrm_weight, resume=args.resume)
+                 extra_weight=args.rbrm_weight, resume=args.resume, temperature=args.temperature)
     print(json.dumps(done))
     return done

@@ -13,8 +13,9 @@ Backends, one interface (`propositions(prompts, completions) -> {name: [p]}`):
 
 RBRM weights (`fit_weights`): the reward of a completion is w[category] · class probabilities; starting from the
 rubric's rewards, w is fitted (hinge loss on ranked pairs, a pull toward the rubric) so that for each prompt the
-ideal completion outranks the less good and those the unacceptable ones; ranking accuracy on held-out prompts is
-reported before and after, as the report's "computing optimal RBRM weights".
+ideal completion outranks the less good and those the unacceptable ones; with a reward model (`--rm`, as RLHF
+fits them), on the total reward RM + RBRM, as Mu et al. do. Ranking accuracy on held-out prompts is reported
+before and after, as the report's "computing optimal RBRM weights".
 """
 import itertools
 import json
@@ -136,23 +137,31 @@ def ranked_pairs(rows):
     return pairs
 
 
-def ranking_accuracy(weights, probs, pairs):
-    right = sum(float(weights[c] @ probs[i]) > float(weights[c] @ probs[j]) for i, j, c in pairs)
-    return right / max(len(pairs), 1)
+def ranking_accuracy(weights, probs, pairs, offset=None):
+    """Share of ranked pairs whose better completion gets the higher total reward (offset, e.g. the reward model's
+    score, + weights · class probabilities); weights None: the offset alone."""
+    total = lambda i, c: (0.0 if offset is None else float(offset[i])) + (  # noqa: E731
+        0.0 if weights is None else float(weights[c] @ probs[i]))
+    return sum(total(i, c) > total(j, c) for i, j, c in pairs) / max(len(pairs), 1)
 
 
-def fit_weights(rub, probs, pairs, steps=500, pull=0.1, margin=0.5):
-    """Per-category class weights minimising a hinge loss on ranked pairs plus a pull toward the rubric's rewards."""
+def fit_weights(rub, probs, pairs, steps=1000, pull=0.001, margin=1.0, offset=None):
+    """Per-category class weights minimising a hinge loss on ranked pairs plus a pull toward the rubric's rewards.
+    With `offset` (the reward model's score of each completion) the hinge is on the total reward RM + RBRM, as Mu et
+    al. fit the weights on top of the helpful-only reward model: the RBRM then corrects what the RM gets wrong (e.g.
+    an RM that likes refusals of allowed requests) instead of being outweighed by it."""
     start = {c: torch.tensor([rub["rewards"][c][k] for k in rub["classes"]], dtype=torch.float) for c in RANK}
     w = {c: v.clone().requires_grad_(True) for c, v in start.items()}
     opt = torch.optim.Adam(list(w.values()), lr=0.05)
+    offset = torch.zeros(len(probs)) if offset is None else torch.as_tensor(offset, dtype=torch.float)
     for _ in range(steps):
         loss = sum(pull * ((w[c] - start[c]) ** 2).sum() for c in w)
         for c in w:
             idx = [(i, j) for i, j, cat in pairs if cat == c]
             if idx:
-                better, worse = probs[[i for i, _ in idx]], probs[[j for _, j in idx]]
-                loss = loss + torch.relu(margin - (better - worse) @ w[c]).mean()
+                b, wo = [i for i, _ in idx], [j for _, j in idx]
+                gap = offset[b] - offset[wo] + (probs[b] - probs[wo]) @ w[c]
+                loss = loss + torch.relu(margin - gap).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -170,9 +179,22 @@ class RBRM:
         return [float(self.weights[c] @ p) if c in self.weights else 0.0 for p, c in zip(probs, categories)]
 
 
-def build(data_dir, out, moderator=None, grader=None):
-    """Train the classifier backend, evaluate it (and `grader`, a completion function, if given), fit the weights;
-    writes out/rbrm.json with the weights and every measurement. Returns (RBRM, report)."""
+def rm_scores(rm_run, rows, size=64):
+    """The reward model's score of each labelled completion, its prompt as the user's turn."""
+    from .. import chat
+    from . import reward as R
+    rm, tok = R.load(rm_run)
+    ids = [chat.render(tok, [{"role": "user", "content": r.get("prompt") or ""},
+                             {"role": "assistant", "content": r["completion"]}], generate=False).ids[-rm.trunk.cfg.seq_len:]
+           for r in rows]
+    with torch.no_grad():
+        return torch.cat([R.rewards(rm, ids[i:i + size], tok.eot_id).float() for i in range(0, len(ids), size)])
+
+
+def build(data_dir, out, moderator=None, grader=None, rm_run=None):
+    """Train the classifier backend, evaluate it (and `grader`, a completion function, if given), fit the weights
+    (on top of the reward model in `rm_run`, if given); writes out/rbrm.json with the weights and every measurement.
+    Returns (RBRM, report)."""
     rub = rubric()
     rows = list(iter_jsonl(Path(data_dir) / "refusal_labels.jsonl"))
     train = [r for r in rows if r["split"] == "train"]
@@ -188,10 +210,14 @@ def build(data_dir, out, moderator=None, grader=None):
              for s, part in (("train", train), ("heldout", held))}
     pairs = {s: ranked_pairs(part) for s, part in (("train", train), ("heldout", held))}
     start = {c: torch.tensor([rub["rewards"][c][k] for k in rub["classes"]]) for c in RANK}
-    weights = fit_weights(rub, probs["train"], pairs["train"])
-    report["ranking"] = dict(pairs=len(pairs["heldout"]),
-                             before=ranking_accuracy(start, probs["heldout"], pairs["heldout"]),
-                             after=ranking_accuracy(weights, probs["heldout"], pairs["heldout"]))
+    rm = {s: rm_scores(rm_run, part) for s, part in (("train", train), ("heldout", held))} if rm_run else {}
+    weights = fit_weights(rub, probs["train"], pairs["train"], offset=rm.get("train"))
+    acc = lambda w, off=None: ranking_accuracy(w, probs["heldout"], pairs["heldout"], off)  # noqa: E731
+    report["ranking"] = dict(pairs=len(pairs["heldout"]), before=acc(start), after=acc(weights, rm.get("heldout")),
+                             reward_model=str(Path(rm_run).resolve()) if rm_run else None)
+    if rm_run:  # the total reward PPO gets: the RM alone, + the rubric's rewards, + the weights fitted on top of it
+        report["ranking"].update(rm_alone=acc(None, rm["heldout"]), rm_plus_rubric=acc(start, rm["heldout"]),
+                                 fitted_without_rm=acc(fit_weights(rub, probs["train"], pairs["train"])))
     report["weights"] = {c: dict(zip(rub["classes"], v.tolist())) for c, v in weights.items()}
     atomic_write_json(Path(out) / "rbrm.json", report)
     return RBRM(clf, rub, weights), report
@@ -206,12 +232,13 @@ def add_args(p):
                                                   "URL#model of an OpenAI-compatible endpoint")
     p.add_argument("--api-key", default=None, help="API key for --grader's endpoint")
     p.add_argument("--no-moderation", action="store_true", help="do not score contains_disallowed_content")
+    p.add_argument("--rm", default=None, help="a reward-model run: fit the weights on top of its scores (as RLHF does)")
 
 
 def main(args):
     from ..evals import completion
     from ..serve import moderation
     grader = completion.make(args.grader, api_key=args.api_key, chat_template=True) if args.grader else None
-    _, report = build(args.data, args.out, None if args.no_moderation else moderation.load(), grader)
+    _, report = build(args.data, args.out, None if args.no_moderation else moderation.load(), grader, args.rm)
     print(json.dumps(report, indent=1))
     return report

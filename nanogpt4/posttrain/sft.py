@@ -118,7 +118,7 @@ def add_args(p):
                    help="conversations (JSONL: messages, split train|heldout), e.g. from `nanogpt4 posttrain-data`")
     p.add_argument("--out", default="runs/default/sft", help="the SFT run directory")
     trainer.add_args(p, steps=300, lr=6e-4, unit="conversations")  # lr: a tenth of pretraining's
-    p.add_argument("--safety-share", type=float, default=1.0,
+    p.add_argument("--safety-share", type=float, default=0.1,
                    help="share of the refusal demonstrations (disallowed requests) trained on, 0-1: the report's "
                         "recipe leaves most safety behaviour to RLHF with the RBRM reward")
 
