@@ -52,9 +52,7 @@ def posttrain(stage, out, args):
     stage("dpo", ["--sft", str(out / "sft"), "--pairs", str(data / "pairs.jsonl"), "--out", str(out / "dpo"),
                   "--resume"] + steps, "dpo/done.json")
     models = ",".join(f"{name}={out / name}" for name in ("pretrain", "sft", "rlhf", "dpo")).replace("pretrain=", "base=", 1)
-    # the battle's grader is the DPO model: not a party to RLHF's battles with SFT and base (any URL#model serves)
-    stage("behaviour", ["--models", models, "--data", str(data), "--out", str(out / "posttrain"), "--rm", str(out / "rm"),
-                        "--grader", str(out / "dpo"), "--battle-vs", "sft,base"]
+    stage("behaviour", ["--models", models, "--data", str(data), "--out", str(out / "posttrain"), "--rm", str(out / "rm")]
           + (["--per-category", "4"] if args.preset == "tiny" else []), "posttrain/behaviour.json")
     from .serve import models as snapshots
     served = snapshots.write(out / "models.yaml", {"nano4-base": out / "pretrain", "nano4-sft": out / "sft",

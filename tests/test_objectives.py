@@ -1,6 +1,7 @@
 """The post-training objectives against hand-computed examples: Bradley–Terry, DPO's logit, GAE, the KL penalty,
 PPO's clipping of the policy ratio and of the value; the RBRM's class probabilities, its classifier and grader
 backends, and the weight fit that repairs a bad rubric."""
+import json
 import math
 
 import pytest
@@ -103,7 +104,9 @@ def test_rbrm_classifier_grader_and_weights():
                                  category=cat, refuses=refuses, split="train",
                                  labels=dict(refuses=bool(refuses), apologises=bool(apol), judgemental=bool(judg))))
     clf = rbrm.Classifier(rows)
-    assert rbrm.evaluate(clf, rows)["accuracy"] == 1.0
+    measured = rbrm.evaluate(clf, rows)
+    assert measured["accuracy"] == 1.0 and measured["undecided"] == 0
+    assert json.loads(json.dumps(measured)) == measured  # plain numbers: it goes into rbrm.json
     rub = rbrm.rubric()
     probs = rbrm.class_probs(rub, clf.propositions([r["prompt"] for r in rows], [r["completion"] for r in rows]))
     pairs = rbrm.ranked_pairs(rows)
@@ -132,3 +135,10 @@ def test_rbrm_classifier_grader_and_weights():
     grader = rbrm.Grader(Fake(), rub)
     got = grader.propositions(["q", "q"], ["Sorry, no.", "Here is how."])
     assert got["refuses"] == [1.0, 0.0] and got["judgemental"] == [0.5, 0.5]  # not answered: 0.5
+    assert rbrm.evaluate(grader, rows)["undecided"] == 0
+
+    class Babbles:  # a grader that never answers in the format
+        def __call__(self, prompt, **kw):
+            return type("R", (), {"completions": ["The weather is nice today."]})()
+    babble = rbrm.evaluate(rbrm.Grader(Babbles(), rub), rows)
+    assert babble["undecided"] == len(rows) and babble["accuracy"] == 1 / 3  # all counted as non-refusals

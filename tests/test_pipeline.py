@@ -20,7 +20,7 @@ def test_main_job_tiny_preset(tmp_path):
                    "heldout_code", "## Samples", "In the beginning", "## Stage timings", "## Evals", "MMLU",
                    "HumanEval", "GSM-8K", "TruthfulQA", "ECE", "## Serving smoke test", "all passed", "## Post-training",
                    "fails to refuse (disallowed)", "HHH",
-                   "model-graded battle", "rlhf vs sft", "letter mode side by side", "TruthfulQA MC1 of both models"):
+                   "rlhf vs sft", "letter mode side by side", "TruthfulQA MC1 of both models"):
         assert needle in report, needle
     assert (out / "loss.png").stat().st_size > 10_000 and (out / "throughput.png").exists()
     timings = json.loads((out / "timings.json").read_text())
