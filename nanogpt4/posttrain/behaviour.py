@@ -102,17 +102,12 @@ def metrics_of(prompts, texts):
 def win_rates(rm_run, prompts, answers, first="rlhf"):
     """The reward model's verdict: how often `first`'s answer outscores each other model's on the held-out chat,
     instruction, allowed and sensitive prompts both answered (ties count half), with stderr and n."""
-    import torch
-    from .reward import load, rewards
+    from .reward import load, score
     rm, tok = load(rm_run)
     keep = [i for i, p in enumerate(prompts)
             if p["category"] in JUDGED and all(answers[m][i] is not None for m in answers)]
-    scores = {}
-    with torch.no_grad():
-        for m, texts in answers.items():
-            ids = [chat.render(tok, prompts[i]["messages"] + [{"role": "assistant", "content": texts[i]}],
-                               generate=False).ids[-rm.trunk.cfg.seq_len:] for i in keep]
-            scores[m] = [float(x) for k in range(0, len(ids), 32) for x in rewards(rm, ids[k:k + 32], tok.eot_id)]
+    scores = {m: score(rm, tok, [prompts[i]["messages"] for i in keep], [texts[i] for i in keep]).tolist()
+              for m, texts in answers.items()}
     return {f"{first} vs {m}": rate([1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores[first], scores[m])])
             for m in answers if m != first and first in answers}
 

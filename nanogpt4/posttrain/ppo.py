@@ -72,10 +72,7 @@ def forward(policy, value, x, y, temperature=1.0):
 
 def scores(rm, rm_tok, prompts, samples, extra, weight):
     """The reward model's score of each answer, the rule-based reward (weighted) and their sum."""
-    pairs = [chat.render(rm_tok, p["messages"] + [{"role": "assistant", "content": text}], generate=False).ids
-             for p, (_, _, text) in zip(prompts, samples)]
-    with torch.no_grad():
-        r_model = R.rewards(rm, [ids[-rm.trunk.cfg.seq_len:] for ids in pairs], rm_tok.eot_id).float()
+    r_model = R.score(rm, rm_tok, [p["messages"] for p in prompts], [text for _, _, text in samples])
     r_rule = torch.tensor([extra(p, text) for p, (_, _, text) in zip(prompts, samples)]) if extra else \
         torch.zeros(len(samples))
     return r_model, r_rule, r_model + weight * r_rule

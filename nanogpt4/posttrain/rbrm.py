@@ -181,16 +181,12 @@ class RBRM:
         return [float(self.weights[c] @ p) if c in self.weights else 0.0 for p, c in zip(probs, categories)]
 
 
-def rm_scores(rm_run, rows, size=64):
+def rm_scores(rm_run, rows):
     """The reward model's score of each labelled completion, its prompt as the user's turn."""
-    from .. import chat
     from . import reward as R
     rm, tok = R.load(rm_run)
-    ids = [chat.render(tok, [{"role": "user", "content": r.get("prompt") or ""},
-                             {"role": "assistant", "content": r["completion"]}], generate=False).ids[-rm.trunk.cfg.seq_len:]
-           for r in rows]
-    with torch.no_grad():
-        return torch.cat([R.rewards(rm, ids[i:i + size], tok.eot_id).float() for i in range(0, len(ids), size)])
+    return R.score(rm, tok, [[{"role": "user", "content": r.get("prompt") or ""}] for r in rows],
+                   [r["completion"] for r in rows])
 
 
 def build(data_dir, out, moderator=None, grader=None, rm_run=None):

@@ -54,6 +54,17 @@ def rewards(model, encoded, pad):
 
 
 @torch.no_grad()
+def score(model, tok, conversations, answers, size=64):
+    """The reward of each answer to its conversation (messages up to the answer), rendered in the chat format and
+    cut to the model's context from the left; a float tensor."""
+    cut = model.trunk.cfg.seq_len
+    ids = [chat.render(tok, list(msgs) + [{"role": "assistant", "content": a}], generate=False).ids[-cut:]
+           for msgs, a in zip(conversations, answers)]
+    return torch.cat([rewards(model, ids[i:i + size], tok.eot_id).float() for i in range(0, len(ids), size)]) \
+        if ids else torch.zeros(0)
+
+
+@torch.no_grad()
 def accuracy(model, pairs, pad, size=32):
     """Fraction of pairs whose chosen answer gets the higher reward."""
     model.eval()
