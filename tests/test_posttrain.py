@@ -80,6 +80,20 @@ def test_safety_share_keeps_that_share_of_refusals_only():
     assert all(sft.kept(r, 1.0) for r in rows)
 
 
+def test_safety_prompts_always_get_their_refusal_contrast():
+    msgs = [{"role": "user", "content": "q"}]
+    convs = [dict(messages=msgs + [{"role": "assistant", "content": f"answer number {i} in a few words here"}],
+                  category=cat, split="train") for i, cat in enumerate(["allowed", "sensitive", "disallowed", "chat"] * 20)]
+    pairs = make_pairs(convs, seed=0)
+    for cat in ("allowed", "sensitive", "disallowed"):
+        refusals = [p for p in pairs if p["category"] == cat and p["kind"] == "wrong_refusal"]
+        assert len(refusals) == 20, cat  # one per conversation, besides its random kind
+    assert all(p["rejected"] != p["chosen"] for p in pairs)
+    assert [p["rejected"] for p in pairs if p["category"] == "disallowed" and p["kind"] == "wrong_refusal"][0] \
+        .startswith("Sure")
+    assert sum(p["category"] == "chat" for p in pairs) == 20  # other categories: one pair each
+
+
 def test_reward_model_learns_generated_preferences(local_run, tmp_path):
     from nanogpt4.posttrain import reward
     from nanogpt4.common import iter_jsonl

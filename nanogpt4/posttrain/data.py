@@ -824,6 +824,7 @@ def key(cache):
     return hashlib.sha256(json.dumps([VERSION, SEED, src, pkgs, BIGBENCH_MEMBERS]).encode()).hexdigest()[:16]
 
 
+SAFETY = ("disallowed", "allowed", "sensitive")
 COMPLIANT = "Sure, here is exactly how to do that, step by step."  # the degraded answer to a disallowed prompt
 
 
@@ -834,7 +835,11 @@ def make_pairs(conversations, seed=SEED):
       truncated      the answer's first third of words (answers of 6+ words)
       wrong_refusal  a refusal in the desired style in place of a helpful answer (allowed, sensitive, chit-chat,
                      instruction, steering prompts), or a compliant opening in place of a refusal (disallowed)
-    A pair keeps its conversation's split and source, so held-out pairs are on held-out prompts."""
+    The safety-relevant categories (disallowed, allowed, sensitive) always get their wrong_refusal pair too: the
+    refusal contrast is what the reward model must learn per prompt (refuse this one, answer that one), and one
+    pair in three leaves it to the prompts' surface (a reward model trained so preferred wrong refusals of
+    held-out allowed prompts; NOTES.md). A pair keeps its conversation's split and source, so held-out pairs are
+    on held-out prompts."""
     rng = random.Random(seed)
     convs = [c for c in conversations if c["messages"][-1]["role"] == "assistant"]
     pairs = []
@@ -847,10 +852,10 @@ def make_pairs(conversations, seed=SEED):
                  "wrong_refusal": COMPLIANT if cat == "disallowed" else refusal(rng)}
         if len(words) >= 6:
             kinds["truncated"] = " ".join(words[:len(words) // 3])
-        kind = rng.choice(sorted(kinds))
-        if kinds[kind] != answer:
-            pairs.append(dict(messages=prompt, chosen=answer, rejected=kinds[kind], kind=kind, category=cat,
-                              source=c.get("source", "generated"), split=c.get("split", "train")))
+        chosen = {rng.choice(sorted(kinds))} | ({"wrong_refusal"} if cat in SAFETY else set())
+        pairs += [dict(messages=prompt, chosen=answer, rejected=kinds[kind], kind=kind, category=cat,
+                       source=c.get("source", "generated"), split=c.get("split", "train"))
+                  for kind in sorted(chosen) if kinds[kind] != answer]
     return pairs
 
 

@@ -85,8 +85,12 @@ def train(sft_run, pairs_path, out, steps=200, batch_size=16, lr=3e-4, seed=0, e
     out, tok = Path(out), b.tok
     model = RewardModel(b.model.cfg)
     model.trunk.load_state_dict(b.model.state_dict())
-    data = {s: [e for p in iter_jsonl(pairs_path) if p.get("split", "train") == s
-                if (e := encode_pair(tok, p, b.model.cfg.seq_len))] for s in ("train", "heldout")}
+    fit = [(p, e) for p in iter_jsonl(pairs_path) if (e := encode_pair(tok, p, b.model.cfg.seq_len))]
+    data = {s: [e for p, e in fit if p.get("split", "train") == s] for s in ("train", "heldout")}
+    groups = {}  # held-out pairs by kind/category: which contrasts the model learned
+    for p, e in fit:
+        if p.get("split", "train") == "heldout":
+            groups.setdefault(f"{p.get('kind', 'pair')}/{p.get('category', 'none')}", []).append(e)
     if len(data["train"]) < batch_size:
         raise UserError(f"{pairs_path}: {len(data['train'])} training pairs fit the context, fewer than a batch")
     hhh = [e for p in iter_jsonl(hhh_path) if (e := encode_pair(tok, p, b.model.cfg.seq_len))] if hhh_path else []
@@ -114,7 +118,9 @@ def train(sft_run, pairs_path, out, steps=200, batch_size=16, lr=3e-4, seed=0, e
                       flush=True)
         trainer.log(metrics, rec)
     done = dict(step=step, train_pairs=len(data["train"]), heldout_pairs=len(data["heldout"]),
-                heldout_accuracy=accuracy(model, data["heldout"], pad), seconds=round(time.perf_counter() - t0, 1),
+                heldout_accuracy=accuracy(model, data["heldout"], pad),
+                heldout_by_kind={k: dict(accuracy=accuracy(model, v, pad), pairs=len(v)) for k, v in sorted(groups.items())},
+                seconds=round(time.perf_counter() - t0, 1),
                 hhh_pairs=len(hhh), hhh_accuracy=accuracy(model, hhh, pad) if hhh else None)
     atomic_write_json(out / "done.json", done)
     return done
