@@ -252,6 +252,10 @@ class Engine:
         be served (ContextLengthError, ValueError)."""
         params = params or SamplingParams()
         self.check(ids, params)
+        slots = sum(i == self.model.cfg.image_token_id for i in ids)
+        if slots != (0 if images is None else images.size(0)):
+            raise ValueError(f"{0 if images is None else images.size(0)} image embeddings for {slots} image "
+                             "placeholder tokens")
         req = Request(ids, params, images)
         with self.wake:
             if self.closed:
@@ -261,16 +265,18 @@ class Engine:
             self._start()
         return req
 
-    def generate(self, prompts, params=None):
-        """Token-id prompts → their Outputs, generated together; one SamplingParams or one per prompt. When no
-        loop is running, the calling thread runs it until these are done (see `serve`)."""
+    def generate(self, prompts, params=None, images=None):
+        """Token-id prompts → their Outputs, generated together; one SamplingParams or one per prompt; `images`:
+        per prompt, the embeddings of its image placeholders (n, n_embd) or None. When no loop is running, the
+        calling thread runs it until these are done (see `serve`)."""
         params = params if isinstance(params, list) else [params or SamplingParams()] * len(prompts)
+        images = images or [None] * len(prompts)
         with self.wake:
             inline = self.serving == 0
             if inline:
                 self.serving += 1  # claimed: a submit meanwhile queues for this loop instead of starting a thread
         try:
-            reqs = [self.submit(ids, p) for ids, p in zip(prompts, params)]
+            reqs = [self.submit(ids, p, im) for ids, p, im in zip(prompts, params, images)]
         except BaseException:
             if inline:
                 with self.wake:

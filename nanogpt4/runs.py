@@ -91,6 +91,7 @@ class Run:
     checkpoint: Path
     checkpoint_id: str
     device: torch.device
+    vision: object = None  # the image encoder of a vision run (model/vision.py), else None
 
 
 def load(run, device=None, dtype=None, sha256=None) -> Run:
@@ -118,4 +119,24 @@ def load(run, device=None, dtype=None, sha256=None) -> Run:
     device = torch.device(device or default_device())
     model = model.to(device=device, dtype=dtype or torch.float32).eval()
     sha = json.loads((ckpt / "meta.json").read_text())["sha256"]["model.safetensors"]
-    return Run(run, cfg, model, tok, ckpt, f"{ckpt.name}:{sha}", device)
+    vision = encoder(run, cfg, ckpt.name)
+    if vision is not None:
+        vision = vision.to(device=device, dtype=dtype or torch.float32)
+    return Run(run, cfg, model, tok, ckpt, f"{ckpt.name}:{sha}", device, vision)
+
+
+def encoder(run, cfg, step_name):
+    """The image encoder of a vision run (config.json has `encoder`), from vision/<the decoder checkpoint's step>,
+    verified; None for a text-only run."""
+    if "encoder" not in cfg:
+        return None
+    from .model.vision import VisionConfig, VisionEncoder
+    model = VisionEncoder(VisionConfig(**cfg["encoder"]))
+    path = Path(run) / "vision" / step_name
+    if not path.is_dir():
+        raise RunError(f"{run}: no encoder checkpoint vision/{step_name} beside the decoder's")
+    try:
+        checkpoint.load(path, model)
+    except RuntimeError as e:
+        raise RunError(f"{path}: encoder weights do not match {run}/config.json ({str(e).splitlines()[0]})") from None
+    return model.eval()

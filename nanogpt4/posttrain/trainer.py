@@ -14,13 +14,17 @@ from .. import checkpoint, runs
 from ..common import UserError, atomic_write_json, command_line, git_commit, iter_jsonl, sha256_file
 
 
-def setup(base, data_path, out, cfg, resume, kind="sft"):
-    """The run directory (config.json with `cfg` under `kind`, tokenizer.json) and the base run loaded; refuses a
-    run directory started from another base, data or settings. Shared by the post-training stages."""
+def setup(base, data_path, out, cfg, resume, kind="sft", model_update=None):
+    """The run directory (config.json with `cfg` under `kind`, tokenizer.json) and the base run loaded (its model
+    config updated with `model_update`, e.g. the image token of a vision run); refuses a run directory started
+    from another base, data or settings. Shared by the post-training stages and the vision stage."""
     out, data_path = Path(out), Path(data_path)
     if not data_path.exists():
-        raise UserError(f"{kind} data {data_path} does not exist (build it with `nanogpt4 posttrain-data`)")
+        raise UserError(f"{kind} data {data_path} does not exist (build it with `nanogpt4 "
+                        f"{'vision-data' if kind == 'vision' else 'posttrain-data'}`)")
     b = runs.load(base, device="cpu")
+    for k, v in (model_update or {}).items():
+        setattr(b.model.cfg, k, v)
     inherited = {"train": b.config["train"]} if "train" in b.config else {}  # the base's muP multipliers etc.
     record = dict(model=b.model.cfg.to_dict(), **inherited, **{kind: cfg}, base=dict(run=str(Path(base).resolve()), checkpoint=b.checkpoint_id),
                   data=dict(path=str(data_path.resolve()), sha256=sha256_file(data_path)))

@@ -1,0 +1,247 @@
+"""The vision stage (`nanogpt4 vision`): a chat model learns to see. A ViT encoder and projector (model/vision.py),
+trained from scratch, feed the decoder image embeddings at `<|image|>` placeholders (chat.py renders each image
+part as `tokens` of them), in two phases as in LLaVA (Liu et al. 2023) and nanoVLM:
+
+  1. alignment     the decoder frozen, only the encoder and projector learn to answer the image questions
+  2. joint         everything learns, at the decoder's fine-tuning rate, each batch mixing image conversations
+                   with the SFT text conversations so text ability does not regress
+
+The loss is on the answer tokens only (chat.render's mask). The run directory keeps the conventions of the other
+trainers: config.json (the decoder config with its image token, the encoder config, settings, base run and data
+sha256), the decoder as a plain GPT checkpoint in ckpt/ and the encoder (with the optimizer) in vision/ at the
+same step, metrics.jsonl, done.json; `--resume` continues exactly (the batch order is a function of seed and step).
+
+Measured at the end on every held-out task (done.json, `evaluate`): greedy answers through the engine, normalised
+exact match, with stderr, chance, and the best text-only baseline: the same model asked the same questions
+without the images, and the majority answer of the training set. The held-out text loss (SFT's held-out
+conversations, assistant tokens) is measured before and after.
+"""
+import json
+import math
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from .. import chat
+from ..common import UserError, atomic_write_json, iter_jsonl
+from ..engine import Engine, SamplingParams
+from ..model.vision import VisionConfig, VisionEncoder, letterbox, load_image, normalise
+from ..posttrain import trainer
+from ..posttrain.sft import examples as text_examples, heldout_loss, padded
+
+
+def norm(text):
+    return " ".join(text.lower().strip().strip(".!").split())
+
+
+def load_rows(tok, path, vcfg, split):
+    """The image conversations of `split` in the JSONL at `path`: rendered ids and mask (the answer as the
+    assistant turn), images as uint8 (n, 3, S, S), and the row (for evaluation)."""
+    out = []
+    for row in iter_jsonl(path):
+        if row.get("split", "train") != split:
+            continue
+        msgs = row["messages"] + [{"role": "assistant", "content": row["answer"]}]
+        r = chat.render(tok, msgs, generate=False, image_tokens=vcfg.tokens)
+        imgs = torch.stack([letterbox(load_image(p["image_url"]["url"]), vcfg.image_size) for p in r.images])
+        out.append(dict(ids=r.ids, mask=r.mask, images=imgs, row=row))
+    return out
+
+
+def image_batch(items, pad):
+    x, y, m = padded([(e["ids"], e["mask"]) for e in items], pad)
+    return x, y, m, normalise(torch.cat([e["images"] for e in items]))
+
+
+def loss_on(model, encoder, x, y, m, images):
+    emb = encoder.embed(images) if images is not None else None
+    return model(x, y, loss_mask=m, images=emb)
+
+
+def mixed_batch(data, text, step, size, text_share, seed):
+    """Image conversations and (joint phase) text conversations of batch `step`."""
+    n_text = round(size * text_share) if text else 0
+    return trainer.batch(data, step, size - n_text, seed), trainer.batch(text, step, n_text, seed) if n_text else []
+
+
+def train(base, data_dir, text_path, out, align_steps=400, joint_steps=600, batch_size=32, lr=1e-3, decoder_lr=2e-4,
+          text_share=0.25, seed=0, eval_every=200, dtype="bfloat16", resume=False, quiet=False, per_task=None):
+    """Train the vision model from the chat model `base` on the image sets in `data_dir` (`nanogpt4 vision-data`),
+    mixing in the conversations of `text_path` (SFT's); returns done.json."""
+    data_dir, text_path = Path(data_dir), Path(text_path)
+    steps = align_steps + joint_steps
+    cfg = dict(align_steps=align_steps, joint_steps=joint_steps, batch_size=batch_size, lr=lr, decoder_lr=decoder_lr,
+               text_share=text_share, seed=seed, eval_every=eval_every, dtype=dtype,
+               text=dict(path=str(text_path.resolve())))
+    from ..runs import load as load_run
+    tok = load_run(base, device="cpu").tok
+    b = trainer.setup(base, data_dir / "train.jsonl", out, cfg, resume, kind="vision",
+                      model_update=dict(image_token_id=tok.special("image")))
+    out, model = Path(out), b.model
+    vcfg = VisionConfig.for_decoder(model.cfg)
+    record = json.loads((out / "config.json").read_text())
+    if "encoder" not in record:
+        atomic_write_json(out / "config.json", dict(record, encoder=vcfg.to_dict()))
+    elif record["encoder"] != vcfg.to_dict():
+        raise UserError(f"{out} was started with another encoder config; use a new --out")
+    encoder = VisionEncoder(vcfg)
+    seq_len = model.cfg.seq_len
+    data = [e for e in load_rows(tok, data_dir / "train.jsonl", vcfg, "train") if len(e["ids"]) <= seq_len + 1]
+    held = [e for e in load_rows(tok, data_dir / "heldout.jsonl", vcfg, "heldout") if len(e["ids"]) <= seq_len + 1]
+    text, _ = text_examples(tok, text_path, seq_len, "train")
+    text_held, _ = text_examples(tok, text_path, seq_len, "heldout")
+    if len(data) < batch_size:
+        raise UserError(f"{data_dir}: {len(data)} training rows fit the context, fewer than a batch")
+    opt = trainer.optimizer(model, decoder_lr, b.config, heads=[])
+    opt.add_param_group(dict(params=list(encoder.parameters()), lr=lr, initial_lr=lr, weight_decay=0.0))
+    cast, pad, metrics = trainer.autocast(dtype), tok.eot_id, out / "metrics.jsonl"
+    step = trainer.resume(out, resume, [encoder, model], opt, root="vision")
+    if step == 0:
+        trainer.log(metrics, dict(step=0, text_heldout_loss=heldout_loss(model, text_held, batch_size, pad, cast)))
+    t0 = time.perf_counter()
+    model.train(), encoder.train()
+    while step < steps:
+        joint = step >= align_steps
+        model.requires_grad_(joint)
+        trainer.decay(opt, step - align_steps if joint else step, joint_steps if joint else align_steps)
+        imgs, texts = mixed_batch(data, text if joint else [], step, batch_size, text_share, seed)
+        x, y, m, px = image_batch(imgs, pad)
+        with cast():
+            loss = loss_on(model, encoder, x, y, m, px)
+            if texts:
+                tx, ty, tm = padded(texts, pad)
+                text_loss = model(tx, ty, loss_mask=tm)
+                loss_all = (loss * len(imgs) + text_loss * len(texts)) / (len(imgs) + len(texts))
+            else:
+                loss_all = loss
+        loss_all.backward()
+        torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(encoder.parameters()), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        rec = dict(step=step, phase="joint" if joint else "align", loss=loss.item())
+        if texts:
+            rec["text_loss"] = text_loss.item()
+        if step % eval_every == 0 or step == steps:
+            rec["heldout_loss"] = image_loss(model, encoder, held, batch_size, pad, cast)
+            trainer.save(out, step, model.cfg.to_dict(), [encoder, model], opt, root="vision")
+            if not quiet:
+                print(f"vision step {step}/{steps} ({rec['phase']}): loss {rec['loss']:.3f}, held-out "
+                      f"{rec['heldout_loss']:.3f}", flush=True)
+        trainer.log(metrics, rec)
+    seconds = round(time.perf_counter() - t0, 1)
+    model.eval(), encoder.eval()
+    text_before = next(iter_jsonl(metrics))["text_heldout_loss"]
+    text_after = heldout_loss(model, text_held, batch_size, pad, cast)
+    tasks = evaluate(model, encoder, tok, vcfg, data, held, per_task=per_task)
+    done = dict(step=step, train_rows=len(data), heldout_rows=len(held), seconds=seconds,
+                text_heldout_loss_before=text_before, text_heldout_loss_after=text_after,
+                text_loss_change=text_after / text_before - 1, tasks=tasks)
+    atomic_write_json(out / "done.json", done)
+    return done
+
+
+@torch.no_grad()
+def image_loss(model, encoder, data, size, pad, cast):
+    """Mean loss per answer token over the held-out image conversations."""
+    model.eval(), encoder.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(data), size):
+        x, y, m, px = image_batch(data[i:i + size], pad)
+        with cast():
+            total += model(x, y, loss_mask=m, images=encoder.embed(px), reduction="sum").item()
+        count += int(m.sum())
+    model.train(), encoder.train()
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def answers(model, encoder, tok, vcfg, rows, with_images=True, max_tokens=8, size=64):
+    """Greedy answers (engine) to the rows' questions, with their images or with the image parts removed."""
+    engine = Engine(model, tok, max_rows=size)
+    out = []
+    for i in range(0, len(rows), size):
+        chunk = rows[i:i + size]
+        ids, embs = [], []
+        for r in chunk:
+            msgs = r["messages"] if with_images else [dict(m, content=chat.text_of(m["content"])) for m in r["messages"]]
+            rendered = chat.render(tok, msgs, image_tokens=vcfg.tokens)
+            ids.append(rendered.ids)
+            embs.append(encoder.embed(normalise(torch.stack([letterbox(load_image(p["image_url"]["url"]),
+                                                                       vcfg.image_size) for p in rendered.images])))
+                        if rendered.images else None)
+        outs = engine.generate(ids, SamplingParams(max_tokens=max_tokens, temperature=0.0), images=embs)
+        out += [o.choices[0].text for o in outs]
+    return out
+
+
+def score(flags):
+    n = len(flags)
+    acc = sum(flags) / max(n, 1)
+    return dict(accuracy=acc, stderr=math.sqrt(acc * (1 - acc) / max(n - 1, 1)), n=n)
+
+
+def evaluate(model, encoder, tok, vcfg, train_rows, held, per_task=None):
+    """Per held-out task: accuracy with images, without them (same model), the training set's majority answer,
+    chance (1 / the number of choices), and a few examples."""
+    by_task = {}
+    for e in held:
+        by_task.setdefault(e["row"]["task"], []).append(e["row"])
+    majority = {}
+    for e in train_rows:
+        majority.setdefault(e["row"]["task"], Counter())[norm(e["row"]["answer"])] += 1
+    out = {}
+    for task, rows in sorted(by_task.items()):
+        rows = rows[:per_task] if per_task else rows
+        seen, blind = (answers(model, encoder, tok, vcfg, rows, w) for w in (True, False))
+        gold = [norm(r["answer"]) for r in rows]
+        top = majority.get(task, Counter({"": 0})).most_common(1)[0][0]
+        out[task] = dict(with_image=score([norm(a) == g for a, g in zip(seen, gold)]),
+                         text_only=score([norm(a) == g for a, g in zip(blind, gold)]),
+                         majority=score([top == g for g in gold]),
+                         chance=1 / max(len(rows[0].get("choices") or [1]), 1),
+                         examples=[dict(id=r["id"], question=chat.text_of(r["messages"][-1]["content"]),
+                                        answer=r["answer"], model=a.strip()) for r, a in zip(rows[:4], seen[:4])])
+        best = max(out[task]["text_only"]["accuracy"], out[task]["majority"]["accuracy"])
+        out[task]["margin_over_text_only"] = out[task]["with_image"]["accuracy"] - best
+    return out
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def add_args(p):
+    p.add_argument("--base", default="runs/default/sft", help="the chat run that learns to see")
+    p.add_argument("--data", default="runs/default/vision/data", help="image sets (`nanogpt4 vision-data`)")
+    p.add_argument("--text", default="runs/default/posttrain/data/sft.jsonl",
+                   help="text conversations mixed into the joint phase; their held-out split measures text loss")
+    p.add_argument("--out", default="runs/default/vision", help="the vision run directory")
+    p.add_argument("--align-steps", type=int, default=400, help="steps with the decoder frozen")
+    p.add_argument("--joint-steps", type=int, default=600, help="steps training everything")
+    p.add_argument("--batch-size", type=int, default=32, help="conversations per step")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of the encoder and projector")
+    p.add_argument("--decoder-lr", type=float, default=2e-4, help="peak learning rate of the decoder's hidden "
+                                                                  "matrices in the joint phase (muP groups)")
+    p.add_argument("--text-share", type=float, default=0.25, help="share of each joint batch that is text")
+    p.add_argument("--per-task", type=int, default=None, help="held-out rows evaluated per task (default: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-every", type=int, default=200, help="steps between held-out losses and checkpoints")
+    p.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="autocast dtype on CPU")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+
+
+def main(args):
+    if min(args.align_steps, args.joint_steps) < 0 or args.batch_size < 2 or not 0 <= args.text_share < 1 \
+            or not args.lr > 0 or not args.decoder_lr > 0 or args.align_steps + args.joint_steps < 1:
+        raise UserError("--align-steps/--joint-steps ≥ 0 (not both 0), --batch-size ≥ 2, --text-share in [0, 1), "
+                        "learning rates > 0")
+    done = train(args.base, args.data, args.text, args.out, args.align_steps, args.joint_steps, args.batch_size,
+                 args.lr, args.decoder_lr, args.text_share, args.seed, args.eval_every, args.dtype, args.resume,
+                 per_task=args.per_task)
+    print(json.dumps({k: v for k, v in done.items() if k != "tasks"}))
+    for task, t in done["tasks"].items():
+        print(f"  {task:10s} with image {t['with_image']['accuracy']:.3f} ± {t['with_image']['stderr']:.3f}  "
+              f"text only {t['text_only']['accuracy']:.3f}  majority {t['majority']['accuracy']:.3f}  "
+              f"chance {t['chance']:.3f}  (n {t['with_image']['n']})")
+    return done
