@@ -90,3 +90,29 @@ def endless_run(local_run, tmp_path_factory):
         m.lm_head.weight[:, 0] = 0
         m.lm_head.weight[[tok.eot_id, tok.special("end")], 0] = -1000.0
     return random_run(tmp_path_factory.mktemp("endless"), tok, seq_len=2048, edit=never_stop)
+
+
+@pytest.fixture(scope="session")
+def vision_run(local_run, tmp_path_factory):
+    """A tiny random vision run on local_run's tokenizer: the decoder with its image token in ckpt/, a random
+    encoder (model/vision.py) at the same step in vision/, as `nanogpt4 vision` leaves them."""
+    import torch
+    from nanogpt4 import checkpoint
+    from nanogpt4.model.gpt import GPT, ModelConfig
+    from nanogpt4.model.vision import VisionConfig, VisionEncoder
+    from nanogpt4.tokenizer import Tokenizer
+    tok = Tokenizer.load(local_run / "tokenizer.json")
+    cfg = json.loads((local_run / "config.json").read_text())["model"]
+    cfg = ModelConfig(**dict(cfg, image_token_id=tok.special("image"), seq_len=128))
+    torch.manual_seed(0)
+    decoder, encoder = GPT(cfg), VisionEncoder(VisionConfig.for_decoder(cfg))
+    decoder.init_weights(seed=0)
+    with torch.no_grad():
+        for p in decoder.parameters():
+            p.add_(torch.randn(p.shape) * 0.3)
+    run = tmp_path_factory.mktemp("vision")
+    checkpoint.save(run / "ckpt", decoder, None, {"step": 0})
+    checkpoint.save(run / "vision", encoder, None, {"step": 0})
+    tok.save(run / "tokenizer.json")
+    (run / "config.json").write_text(json.dumps(dict(model=cfg.to_dict(), encoder=encoder.cfg.to_dict())))
+    return run

@@ -21,13 +21,15 @@ from nanogpt4.serve import api, db as state, keys, limits, models as M, monitor,
 
 
 @pytest.fixture(scope="module")
-def server(local_run, endless_run, tmp_path_factory):
+def server(local_run, endless_run, vision_run, tmp_path_factory):
     sha = runs.checkpoint_id(local_run).split(":")[1]
     models = M.parse({"snapshots": {"nano4-20261201": {"run": str(local_run), "checkpoint_sha256": sha},
                                     "nano4-20250101": {"run": str(local_run), "checkpoint_sha256": sha,
                                                        "deprecated_after": "2025-06-01"},
                                     "endless-20261201": {"run": str(endless_run), "checkpoint_sha256":
-                                                         runs.checkpoint_id(endless_run).split(":")[1]}},
+                                                         runs.checkpoint_id(endless_run).split(":")[1]},
+                                    "vision-20261201": {"run": str(vision_run), "checkpoint_sha256":
+                                                        runs.checkpoint_id(vision_run).split(":")[1]}},
                       "aliases": {"nano4": "nano4-20261201"}})
     home = state.home(tmp_path_factory.mktemp("home"))
     db = state.connect(home)
@@ -152,6 +154,47 @@ def test_bad_requests_get_openai_errors(client, kw, param, code):
         client.chat.completions.create(**args)
     assert e.value.status_code == 400 and e.value.body["param"] == param and e.value.body["code"] == code
     assert e.value.body["type"] == "invalid_request_error" and e.value.body["message"]
+
+
+def image_part(colour=(200, 30, 30), fmt="PNG", cut=None):
+    import base64
+    import io
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), colour).save(buf, fmt)
+    data = buf.getvalue()[:cut]
+    return {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(data).decode()}}
+
+
+def test_vision_model_reads_images_and_counts_their_tokens(client, server):
+    def ask(*images, **kw):
+        msgs = [{"role": "user", "content": [*images, {"type": "text", "text": "What colour?"}]}]
+        return msgs, client.chat.completions.create(model="vision-20261201", messages=msgs, max_tokens=3,
+                                                    temperature=0, logprobs=True, top_logprobs=5, **kw)
+    msgs, red = ask(image_part())
+    s = server["served"]["vision-20261201"]
+    assert s.vision.cfg.tokens == 16
+    rendered = chat.render(s.tok, msgs, image_tokens=16)  # usage counts each image's placeholder tokens
+    assert red.usage.prompt_tokens == len(rendered.ids) == len(chat.render(s.tok, msgs).ids) + 15
+    _, blue = ask(image_part((30, 30, 200)))
+    _, red_again = ask(image_part())
+    first = lambda r: {t.token: t.logprob for t in r.choices[0].logprobs.content[0].top_logprobs}  # noqa: E731
+    assert first(red) == first(red_again) and first(red) != first(blue)  # the answer depends on the pixels
+    _, two = ask(image_part(), image_part((30, 30, 200)))
+    assert two.usage.prompt_tokens == red.usage.prompt_tokens + 16
+    bad = {"https://example.com/cat.png": "no network", "data:image/png;base64,@@": "malformed"}
+    for url, why in bad.items():
+        with pytest.raises(openai.BadRequestError) as e:
+            ask({"type": "image_url", "image_url": {"url": url}})
+        assert e.value.body["code"] == "invalid_image" and why in e.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as e:
+        ask(image_part(cut=50))
+    assert e.value.body["code"] == "invalid_image" and "truncated" in e.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as e:
+        ask(*[image_part()] * (api.MAX_IMAGES + 1))
+    assert e.value.body["code"] == "too_many_images"
+    ok = client.chat.completions.create(model="vision-20261201", messages=MSGS, max_tokens=2)  # text alone works
+    assert ok.choices[0].message.role == "assistant"
 
 
 def raw(url, body, key, content_type="application/json"):

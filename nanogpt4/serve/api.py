@@ -25,6 +25,7 @@ from typing import Optional, Union
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 
@@ -34,6 +35,7 @@ from . import db as state, keys, limits, metrics
 from .errors import APIError, error_body
 from .generation import Gate
 from ..engine import Engine, prompt_ids
+from ..model import vision
 
 MAX_BODY = 8 << 20  # bytes; a larger request is refused with 413 (see read_json)
 MAX_MODERATION_INPUTS = 256
@@ -124,6 +126,7 @@ class Served:
             try:
                 r = runs.load(snapshot.run, device, dtype, sha256=snapshot.checkpoint_sha256)
                 self.tok, self.fingerprint = r.tok, "fp_" + r.checkpoint_id.split(":")[1][:10]
+                self.vision = r.vision  # the image encoder of a vision model, else None
                 self.engine = Engine(r.model, r.tok, max_rows=max_rows, compile=compile)
                 if snapshot.context_length:
                     self.engine.n_ctx = min(snapshot.context_length, self.engine.n_ctx)
@@ -174,6 +177,29 @@ def include_usage(req):
 def input_text(messages):
     """The text a chat request sends (system and user turns), as moderation reads it."""
     return "\n".join(chat.text_of(m["content"]) for m in messages if m["role"] in ("system", "user"))
+
+
+MAX_IMAGES = 8  # image parts per request (each also costs its tokens of the context)
+
+
+@torch.no_grad()
+def image_embeddings(s, model, parts):
+    """The embeddings of a request's image parts for a vision model (data URLs only: the server has no network),
+    or a 400 naming what is wrong with which image."""
+    if s.vision is None:
+        raise APIError(400, f"The model `{model}` does not accept image input.", param="messages",
+                       code="image_input_not_supported")
+    if len(parts) > MAX_IMAGES:
+        raise APIError(400, f"{len(parts)} images in one request; at most {MAX_IMAGES} are accepted.",
+                       param="messages", code="too_many_images")
+    imgs = []
+    for i, p in enumerate(parts):
+        try:
+            imgs.append(vision.load_image(p["image_url"]["url"]))
+        except vision.ImageError as e:
+            raise APIError(400, f"Image {i + 1} of the request: {e}.", param="messages", code="invalid_image") from None
+    w = next(s.vision.parameters())
+    return s.vision.embed(vision.pixels(imgs, s.vision.cfg.image_size).to(w.device, w.dtype))
 
 
 def create_app(models, served, db, auth=True, moderator=None, monitor=None, chat_cap=None, max_queue=256):
@@ -304,13 +330,11 @@ def create_app(models, served, db, auth=True, moderator=None, monitor=None, chat
             chat.validate(req.messages)
         except chat.ChatError as e:
             raise APIError(400, str(e), param="messages") from None
-        if any(isinstance(m["content"], list) and any(p["type"] == "image_url" for p in m["content"])
-               for m in req.messages):
-            raise APIError(400, f"The model `{req.model}` does not accept image input.", param="messages",
-                           code="image_input_not_supported")
-        ids = chat.render(s.tok, req.messages).ids
-        call, headers = await gate.admit(request, key, s, ids, req, stops, "messages", input_text(req.messages),
-                                         "chatcmpl", top_logprobs=req.top_logprobs or 0)
+        rendered = chat.render(s.tok, req.messages, image_tokens=s.vision.cfg.tokens if s.vision else 1)
+        images = await asyncio.to_thread(image_embeddings, s, req.model, rendered.images) if rendered.images else None
+        call, headers = await gate.admit(request, key, s, rendered.ids, req, stops, "messages",
+                                         input_text(req.messages), "chatcmpl", images=images,
+                                         top_logprobs=req.top_logprobs or 0)
 
         def answer(out):
             return [dict(index=c.index, message=dict(role="assistant", content=c.text),

@@ -203,8 +203,9 @@ class Gate:
         self.reader, self.limiter, self.chat_cap, self.max_queue = reader, limiter, chat_cap, max_queue
         self.metering = Metering(db, meters, chat_cap, monitor)
 
-    async def admit(self, request, key, s, ids, req, stops, param, text, prefix, **extra):
-        """Check, charge and submit a generation; returns (Call, rate-limit headers)."""
+    async def admit(self, request, key, s, ids, req, stops, param, text, prefix, images=None, **extra):
+        """Check, charge and submit a generation (`images`: the embeddings of its image placeholders); returns
+        (Call, rate-limit headers)."""
         room = req.max_tokens or getattr(req, "max_completion_tokens", None)
         params = SamplingParams(max_tokens=room, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
                                 stop=tuple(stops), seed=req.seed, n=req.n, **extra)
@@ -229,7 +230,7 @@ class Gate:
             tokens = len(ids) + (room or s.engine.n_ctx - len(ids)) * req.n  # max_tokens counts up front
             headers = self.limiter.take(key, tokens, s.snapshot.name) if key else {}
             try:
-                call.eng = s.engine.submit(ids, params)
+                call.eng = s.engine.submit(ids, params, images)
             except RuntimeError:  # the engine is closing
                 raise APIError(503, "The model is shutting down; please retry.", "server_error") from None
             return call, headers
