@@ -1,6 +1,6 @@
 """The chat page (served at `/`, files in nanogpt4/serve/web/) in a real headless Chromium driven by Selenium:
 API key, system message, model picker, a streamed answer, the conversation restored after a reload, the usage
-cap's message, and the Stop button.
+cap's message, the Stop button, and an attached image sent to a vision model (and refused by a text one).
 
 The server is the real app on 127.0.0.1 (a free port; it stops when the module's tests end, or by itself after
 SERVER_LIFETIME seconds) with keys and a cap of 2 messages per 4 hours. Its model is a tiny random one on the
@@ -26,6 +26,7 @@ from nanogpt4.serve import api, db as state, keys, limits, models as M
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 SNAPSHOT = "nano4-20261201"
+VISION = "vision-20261201"  # a tiny random vision run (conftest's vision_run)
 CAP = 2  # chat-page messages per user per 4 hours
 SERVER_LIFETIME = 300  # seconds: the server stops by itself after this, whatever happens to the test
 WAIT = 20  # seconds for anything the page waits on
@@ -34,13 +35,16 @@ WAIT = 20  # seconds for anything the page waits on
 # ----------------------------------------------------------------------------- the server
 
 @pytest.fixture(scope="module")
-def server(endless_run, tmp_path_factory):
+def server(endless_run, vision_run, tmp_path_factory):
     sha = runs.checkpoint_id(endless_run).split(":")[1]
-    models = M.parse({"snapshots": {SNAPSHOT: {"run": str(endless_run), "checkpoint_sha256": sha}},
+    models = M.parse({"snapshots": {SNAPSHOT: {"run": str(endless_run), "checkpoint_sha256": sha},
+                                    VISION: {"run": str(vision_run),
+                                             "checkpoint_sha256": runs.checkpoint_id(vision_run).split(":")[1]}},
                       "aliases": {"nano4": SNAPSHOT}})
     db = state.connect(state.home(tmp_path_factory.mktemp("home")))
     key, record = keys.create(db, "chat")
     stop_key, stop_record = keys.create(db, "stop")
+    image_key, image_record = keys.create(db, "image")
     served = api.load(models, device="cpu", max_rows=4)
     app = api.create_app(models, served, db, chat_cap=limits.ChatCap(CAP, 4))
     srv, thread, url = api.in_thread(app)
@@ -48,7 +52,8 @@ def server(endless_run, tmp_path_factory):
     lifetime.daemon = True
     lifetime.start()
     yield dict(url=url, db=db, key=key, key_id=record.id, stop_key=stop_key,
-               stop_key_id=stop_record.id, tok=served[SNAPSHOT].tok)
+               stop_key_id=stop_record.id, image_key=image_key, image_key_id=image_record.id,
+               tok=served[SNAPSHOT].tok)
     lifetime.cancel()
     srv.should_exit = True
     thread.join(10)
@@ -155,7 +160,7 @@ def test_chat_streams_restores_and_hits_the_cap(browser, server):
     assert el(browser, "cap-info").text == f"Cap: {CAP} messages every 4 hours"
     set_key(browser, server["key"])
     picker = Select(el(browser, "model"))
-    assert {o.text for o in picker.options} == {"nano4", SNAPSHOT}  # from GET /v1/models
+    assert {o.text for o in picker.options} == {"nano4", SNAPSHOT, VISION}  # from GET /v1/models
     assert picker.first_selected_option.text == "nano4"  # an alias is the default
     picker.select_by_value(SNAPSHOT)
     system = "You answer briefly."
@@ -234,3 +239,38 @@ def test_stop_keeps_the_partial_answer(browser, server):
     assert bubbles(browser) == partial  # nothing more arrives
     browser.refresh()
     until(browser, lambda d: bubbles(d) == partial, "the stopped answer was not kept")
+
+
+def test_attached_image_goes_to_a_vision_model(browser, server, tmp_path):
+    from PIL import Image
+    from selenium.webdriver.support.ui import Select
+    path = tmp_path / "red.png"
+    Image.new("RGB", (48, 32), (210, 20, 20)).save(path)
+    open_page(browser, server["url"])
+    el(browser, "new-chat").click()
+    set_key(browser, server["image_key"])
+    Select(el(browser, "model")).select_by_value(VISION)
+    set_field(browser, "max-tokens", "3")
+    assert not el(browser, "attachment").is_displayed()
+    browser.execute_script("document.getElementById('attach-file').hidden = false")  # what the Image button opens
+    el(browser, "attach-file").send_keys(str(path))
+    until(browser, lambda d: el(d, "attachment").is_displayed(), "the attached image was not previewed")
+    send(browser, "What colour is it?")
+    until(browser, lambda d: idle(d) and usage_rows(server, server["image_key_id"]), "the image message was not answered")
+    src = browser.execute_script("const i = document.querySelector('#messages .msg.user img'); return i && i.src")
+    assert src and src.startswith("data:image/png;base64,"), "the user's bubble shows the image"
+    assert not el(browser, "attachment").is_displayed(), "the image went with the message"
+    system = el(browser, "system").get_attribute("value").strip()  # kept from the first test
+    sent = [{"role": "system", "content": system}] if system else []
+    sent += [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": src}},
+                                          {"type": "text", "text": "What colour is it?"}]}]
+    (row,) = usage_rows(server, server["image_key_id"])
+    assert row[1] == VISION and row[2] == len(chat.render(server["tok"], sent, image_tokens=16).ids)  # image tokens billed
+    browser.refresh()  # the conversation, image included, is restored
+    until(browser, lambda d: d.execute_script("return !!document.querySelector('#messages .msg.user img')"),
+          "the image was not restored after a reload")
+    Select(el(browser, "model")).select_by_value(SNAPSHOT)  # a text model refuses the image in the history
+    send(browser, "And now?")
+    until(browser, lambda d: el(d, "error").is_displayed(), "no error for an image sent to a text model")
+    assert "does not accept image input" in el(browser, "error").text
+    assert el(browser, "input").get_attribute("value") == "And now?"

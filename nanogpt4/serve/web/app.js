@@ -5,7 +5,9 @@
 // read with fetch and a ReadableStream and appended as they arrive. Requests carry X-Nanogpt4-Client: chat-page,
 // which is what the server counts its per-user message cap on. The conversation, system message, chosen model
 // and token limit are kept in localStorage (the API key too, under its own name), so a reload restores them.
-// Model output is only ever set as text (textContent / text nodes), never parsed as HTML.
+// Model output is only ever set as text (textContent / text nodes), never parsed as HTML. An attached image goes
+// with the next message as an OpenAI image_url part holding a data URL (models with vision read it; others answer
+// 400, shown as an error, and the image stays attached).
 "use strict";
 
 const STORE = "nanogpt4.chat";      // {system, model, maxTokens, messages: [{role, content, model?, note?}]}
@@ -18,12 +20,16 @@ const ui = {
   auth: $("auth"), apiKey: $("api-key"), system: $("system"), capMessage: $("cap-message"), error: $("error"),
   messages: $("messages"), empty: $("empty"), main: document.querySelector("main"),
   composer: $("composer"), input: $("input"), send: $("send"), stop: $("stop"),
+  attach: $("attach"), attachFile: $("attach-file"), attachment: $("attachment"),
+  attachmentPreview: $("attachment-preview"), detach: $("detach"),
 };
+const MAX_IMAGE_BYTES = 5 * 1024 * 1024;  // the server's limit per image
 
 let state = loadState();
 let apiKey = localStorage.getItem(KEY_STORE) || "";
 let needsKey = true;     // until /health says otherwise
 let inflight = null;     // the AbortController of the answer being streamed
+let attached = null;     // the data URL of the image to send with the next message
 
 // ---------------------------------------------------------------------------------------------- storage
 
@@ -33,7 +39,7 @@ function loadState() {
     const saved = JSON.parse(localStorage.getItem(STORE));
     if (!saved || !Array.isArray(saved.messages)) return empty;
     const messages = saved.messages.filter((m) => m && (m.role === "user" || m.role === "assistant")
-                                                  && typeof m.content === "string");
+                                                  && (typeof m.content === "string" || Array.isArray(m.content)));
     return { ...empty, ...saved, messages };
   } catch {
     return empty;  // nothing saved, or not ours
@@ -112,7 +118,17 @@ function bubble(message) {
   who.textContent = message.role === "user" ? "You" : (message.model || "Assistant");
   const text = document.createElement("div");
   text.className = "text";
-  text.textContent = message.content;
+  for (const part of Array.isArray(message.content) ? message.content : [{ type: "text", text: message.content }]) {
+    if (part.type === "text") {
+      text.append(part.text);
+    } else if (part.type === "image_url" && /^data:image\//.test(part.image_url.url)) {
+      const img = document.createElement("img");
+      img.className = "image";
+      img.alt = "Attached image";
+      img.src = part.image_url.url;
+      text.append(img);
+    }
+  }
   el.append(who, text);
   if (message.note) {
     const note = document.createElement("div");
@@ -241,7 +257,10 @@ async function send() {
     return;
   }
   clearBanners();
-  const user = { role: "user", content: text };
+  const image = attached;
+  const user = { role: "user", content: image ? [{ type: "image_url", image_url: { url: image } },
+                                                 { type: "text", text }] : text };
+  setAttachment(null);
   state.messages.push(user);
   const request = { model: state.model, messages: conversation(), stream: true };
   const maxTokens = parseInt(state.maxTokens, 10);
@@ -285,6 +304,7 @@ async function send() {
       // Refused (cap, key, bad request): take the message back into the input to send again later.
       state.messages.splice(state.messages.indexOf(user), 2);
       if (!ui.input.value.trim()) ui.input.value = text;
+      if (image && !attached) setAttachment(image);
       showFailure(e);
     } else {
       answer.note = "The answer was cut off by an error.";
@@ -301,6 +321,32 @@ async function send() {
     render();
     ui.input.focus();
   }
+}
+
+function setAttachment(url) {
+  attached = url;
+  ui.attachment.hidden = !url;
+  if (url) ui.attachmentPreview.src = url;
+  else ui.attachmentPreview.removeAttribute("src");
+}
+
+function attachFile(file) {
+  if (!file) return;
+  if (!/^image\/(png|jpeg|gif|webp)$/.test(file.type)) {
+    showError("Attach a PNG, JPEG, GIF or WebP image.");
+    return;
+  }
+  if (file.size > MAX_IMAGE_BYTES) {
+    showError("That image is larger than 5 MiB.");
+    return;
+  }
+  const reader = new FileReader();
+  reader.onload = () => {
+    clearBanners();
+    setAttachment(reader.result);
+  };
+  reader.onerror = () => showError("The image could not be read.");
+  reader.readAsDataURL(file);
 }
 
 function stop() {
@@ -337,6 +383,12 @@ ui.input.addEventListener("keydown", (e) => {
   }
 });
 ui.stop.addEventListener("click", stop);
+ui.attach.addEventListener("click", () => ui.attachFile.click());
+ui.attachFile.addEventListener("change", () => {
+  attachFile(ui.attachFile.files[0]);
+  ui.attachFile.value = "";  // choosing the same file again fires change again
+});
+ui.detach.addEventListener("click", () => setAttachment(null));
 ui.newChat.addEventListener("click", newChat);
 ui.system.addEventListener("input", () => {
   state.system = ui.system.value;
