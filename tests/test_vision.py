@@ -39,16 +39,21 @@ def disc(colour, rng):
 
 
 def write_set(root, n_train=160, n_held=40):
+    """Red or blue discs ("colour?"), as `nanogpt4 vision-data` writes its sets: train/held-out JSONL and the
+    held-out rows as an evals registry."""
+    from nanogpt4.data.images import write_registry
     root.mkdir(parents=True, exist_ok=True)
     for split, n, seed in (("train", n_train, 0), ("heldout", n_held, 1)):
         rng = random.Random(seed)
-        with open(root / f"{split}.jsonl", "w") as f:
-            for i in range(n):
-                c = rng.choice(sorted(COLOURS))
-                content = [{"type": "image_url", "image_url": {"url": data_url(disc(c, rng))}},
-                           {"type": "text", "text": "colour?"}]
-                f.write(json.dumps(dict(id=f"colour/{split}/{i}", task="colour", split=split, answer=c,
-                                        choices=sorted(COLOURS), messages=[{"role": "user", "content": content}])) + "\n")
+        rows = []
+        for i in range(n):
+            c = rng.choice(sorted(COLOURS))
+            content = [{"type": "image_url", "image_url": {"url": data_url(disc(c, rng))}},
+                       {"type": "text", "text": "colour?"}]
+            rows.append(dict(id=f"colour/{split}/{i}", task="colour", split=split, answer=c, choices=sorted(COLOURS),
+                             messages=[{"role": "user", "content": content}]))
+        (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_registry(root / "registry", rows)
     return root
 
 

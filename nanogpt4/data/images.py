@@ -411,6 +411,7 @@ def build(cache, out, n_train_per_task, n_heldout_per_task, seed=0, log=print, t
         text_ = "".join(json.dumps(r) + "\n" for r in rows[split])
         atomic_write_text(out / f"{split}.jsonl", text_)
         files[f"{split}.jsonl"] = hashlib.sha256(text_.encode("utf-8")).hexdigest()
+    files.update(write_registry(out / "registry", rows["heldout"]))
     # text-only baseline: the most common training answer among rows with the same choices (the question kind)
     answers = {}
     for r in rows["train"]:
@@ -435,6 +436,31 @@ def build(cache, out, n_train_per_task, n_heldout_per_task, seed=0, log=print, t
                 "packages": packages, "files": files}
     atomic_write_json(out / "manifest.json", manifest)
     return manifest
+
+
+def write_registry(root, heldout):
+    """The held-out rows as an openai/evals registry root (`nanogpt4 eval --registry root`): per task the samples
+    data/vision/<task>.jsonl ({"input": chat messages with image parts, "ideal", "choices"}), the specs
+    `vqa-<task>` and `vqa-<task>-text-only` (evals/vision.yaml, template nanogpt4.evals.templates:VQA) and the eval
+    set `vision`. Returns {relative path: sha256}."""
+    import yaml
+    specs, names, files = {}, [], {}
+    for task in sorted({r["task"] for r in heldout}):
+        text_ = "".join(json.dumps({"input": r["messages"], "ideal": r["answer"], "choices": r["choices"]}) + "\n"
+                        for r in heldout if r["task"] == task)
+        rel = f"data/vision/{task}.jsonl"
+        atomic_write_text(root / rel, text_)
+        files[f"registry/{rel}"] = hashlib.sha256(text_.encode("utf-8")).hexdigest()
+        for name, extra in ((f"vqa-{task}", {}), (f"vqa-{task}-text-only", {"text_only": True})):
+            specs[name] = {"id": f"{name}.heldout.v1", "metrics": ["accuracy"]}
+            specs[f"{name}.heldout.v1"] = {"class": "nanogpt4.evals.templates:VQA",
+                                           "args": {"samples_jsonl": f"vision/{task}.jsonl", **extra}}
+            names.append(name)
+    for rel, body in (("evals/vision.yaml", specs), ("eval_sets/vision.yaml", {"vision": {"evals": names}})):
+        text_ = yaml.safe_dump(body, sort_keys=False)
+        atomic_write_text(root / rel, text_)
+        files[f"registry/{rel}"] = hashlib.sha256(text_.encode("utf-8")).hexdigest()
+    return files
 
 
 # ----------------------------------------------------------------------------- command line

@@ -38,7 +38,7 @@ class LocalCompletion:
 
     def __init__(self, run, chat_template=False, max_rows=16, device=None):
         loaded = runs.load(run, device)
-        self.model, self.tok = loaded.model, loaded.tok
+        self.model, self.tok, self.vision = loaded.model, loaded.tok, loaded.vision
         self.engine = Engine(self.model, self.tok, max_rows=max_rows)
         self.name = f"local:{run}"
         self.chat_template = chat_template
@@ -61,20 +61,38 @@ class LocalCompletion:
         return self.engine.run(scores)  # on the engine's thread, between its steps
 
     def encode(self, prompt, limit):
-        """(ids, tokens cut) of a prompt."""
+        """(ids, tokens cut, image embeddings or None) of a prompt. A vision model's chat prompt gets its images'
+        placeholders and embeddings, and is never cut (that would cut images apart); a text model refuses images."""
         if is_chat(prompt) and self.chat_template:
-            ids = chat.render(self.tok, prompt).ids
-            cut = max(0, len(ids) - limit)
-            return ids[cut:], cut
-        return prompt_ids(self.tok, chat.to_plain_text(prompt) if is_chat(prompt) else prompt, limit)
+            r = chat.render(self.tok, prompt, image_tokens=self.vision.cfg.tokens if self.vision else 1)
+            if r.images:
+                return r.ids, 0, self.embed(r.images)
+            cut = max(0, len(r.ids) - limit)
+            return r.ids[cut:], cut, None
+        if is_chat(prompt) and any(p.get("type") == "image_url" for m in prompt if isinstance(m["content"], list)
+                                   for p in m["content"]):
+            raise ValueError(f"{self.name}: image inputs need a vision model with its chat format")
+        return *prompt_ids(self.tok, chat.to_plain_text(prompt) if is_chat(prompt) else prompt, limit), None
+
+    @torch.no_grad()
+    def embed(self, parts):
+        """Embeddings of image parts whose url is a data URL or a local file path (registry samples)."""
+        from pathlib import Path
+        from ..model import vision
+        if self.vision is None:
+            raise ValueError(f"{self.name} is not a vision model: it cannot read image inputs")
+        urls = [p["image_url"]["url"] for p in parts]
+        sources = [u if u.startswith("data:") else Path(u.removeprefix("file://")).read_bytes() for u in urls]
+        w = next(self.vision.parameters())
+        return self.vision.embed(vision.pixels(sources, self.vision.cfg.image_size).to(w.device, w.dtype))
 
     def __call__(self, prompt, max_tokens=256, temperature=0.0, n=1, stop=None, seed=None, logprobs=False,
                  top_p=1.0, top_k=0, **_):
         room = min(int(max_tokens), self.n_ctx // 2)
-        ids, cut = self.encode(prompt, self.n_ctx - room)
+        ids, cut, images = self.encode(prompt, self.n_ctx - room)
         params = SamplingParams(max_tokens=min(int(max_tokens), self.n_ctx - len(ids)), temperature=float(temperature or 0),
                                 top_p=top_p, top_k=top_k, stop=stop or (), seed=seed, n=n)
-        out = self.engine.submit(ids, params).result()
+        out = self.engine.submit(ids, params, images).result()
         texts = [c.text.lstrip() if is_chat(prompt) else c.text for c in out.choices]  # "Assistant:" → " answer"
         lps = None
         if logprobs:  # the text's tokens (a closing stop token excluded) under their sampling distribution

@@ -1,5 +1,5 @@
-"""Eval templates with openai/evals' semantics: Match, Includes, FuzzyMatch, JsonMatch, MultipleChoice and
-ModelBasedClassify (model-graded classification with `classify`, `classify_cot` and `cot_classify`).
+"""Eval templates with openai/evals' semantics: Match, Includes, FuzzyMatch, JsonMatch, MultipleChoice, VQA
+(visual questions) and ModelBasedClassify (model-graded classification with `classify`, `classify_cot` and `cot_classify`).
 
 An eval gets its spec's `args` as keyword arguments (an argument a template does not know is an error, not
 ignored). `eval_sample(sample, rng)` returns the sample's record — prompt, sampled text and its metrics — and
@@ -146,6 +146,41 @@ class FuzzyMatch(Eval):
 
     def report(self, records):
         return dict(super().report(records), f1_score=float(np.mean([r["f1"] for r in records])) if records else 0.0)
+
+
+def without_images(prompt):
+    """A chat prompt with its image parts removed (the text-only baseline of a visual question)."""
+    from ..chat import text_of
+    return [dict(m, content=text_of(m["content"])) for m in prompt] if is_chat(prompt) else prompt
+
+
+class VQA(Eval):
+    """Visual question answering: a chat prompt whose content parts hold images (openai/evals' vision samples:
+    {"type": "image_url", "image_url": {"url": data URL or path}}) and the question. Correct when the normalised
+    answer equals a normalised ideal one; with `choices` in the sample (multiple choice), the answer counts as the
+    first choice it starts with. `text_only`: the images are removed, the same questions asked blind (the
+    text-only baseline). The report adds chance: the mean of 1/len(choices)."""
+    default_max_tokens = 8
+
+    def __init__(self, *a, text_only=False, **kw):
+        super().__init__(*a, **kw)
+        self.text_only = text_only
+
+    def eval_sample(self, sample, rng):
+        check_sample(sample, "input", "ideal")
+        prompt = without_images(sample["input"]) if self.text_only else sample["input"]
+        sampled = self.complete(prompt, temperature=0.0, max_tokens=self.max_tokens)
+        said, ideal = normalize(sampled), [normalize(str(i)) for i in as_list(sample["ideal"])]
+        choices = [normalize(str(c)) for c in sample.get("choices") or []]
+        if choices:
+            said = next((c for c in sorted(choices, key=len, reverse=True) if said.split()[:len(c.split())] == c.split()),
+                        said)
+        return dict(prompt=prompt, sampled=sampled, expected=sample["ideal"], picked=said, correct=said in ideal,
+                    choices=sample.get("choices"), chance=1 / len(choices) if choices else None)
+
+    def report(self, records):
+        chance = [r["chance"] for r in records if r.get("chance") is not None]
+        return dict(super().report(records), chance=float(np.mean(chance)) if chance else None)
 
 
 def json_match(sampled, correct):

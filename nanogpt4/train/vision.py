@@ -17,7 +17,7 @@ without the images, and the majority answer of the training set. The held-out te
 conversations, assistant tokens) is measured before and after.
 """
 import json
-import math
+import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -26,14 +26,10 @@ import torch
 
 from .. import chat
 from ..common import UserError, atomic_write_json, iter_jsonl
-from ..engine import Engine, SamplingParams
+from ..evals.templates import accuracy_report, normalize
 from ..model.vision import VisionConfig, VisionEncoder, letterbox, load_image, normalise
 from ..posttrain import trainer
 from ..posttrain.sft import examples as text_examples, heldout_loss, padded
-
-
-def norm(text):
-    return " ".join(text.lower().strip().strip(".!").split())
 
 
 def load_rows(tok, path, vcfg, split):
@@ -136,7 +132,7 @@ def train(base, data_dir, text_path, out, align_steps=400, joint_steps=600, batc
     model.eval(), encoder.eval()
     text_before = next(iter_jsonl(metrics))["text_heldout_loss"]
     text_after = heldout_loss(model, text_held, batch_size, pad, cast)
-    tasks = evaluate(model, encoder, tok, vcfg, data, held, per_task=per_task)
+    tasks = evaluate(out, data_dir, [e["row"] for e in data], per_task=per_task, log=print if not quiet else (lambda *a: None))
     done = dict(step=step, train_rows=len(data), heldout_rows=len(held), seconds=seconds,
                 text_heldout_loss_before=text_before, text_heldout_loss_after=text_after,
                 text_loss_change=text_after / text_before - 1, tasks=tasks)
@@ -158,57 +154,54 @@ def image_loss(model, encoder, data, size, pad, cast):
     return total / max(count, 1)
 
 
-@torch.no_grad()
-def answers(model, encoder, tok, vcfg, rows, with_images=True, max_tokens=8, size=64):
-    """Greedy answers (engine) to the rows' questions, with their images or with the image parts removed."""
-    engine = Engine(model, tok, max_rows=size)
-    out = []
-    for i in range(0, len(rows), size):
-        chunk = rows[i:i + size]
-        ids, embs = [], []
-        for r in chunk:
-            msgs = r["messages"] if with_images else [dict(m, content=chat.text_of(m["content"])) for m in r["messages"]]
-            rendered = chat.render(tok, msgs, image_tokens=vcfg.tokens)
-            ids.append(rendered.ids)
-            embs.append(encoder.embed(normalise(torch.stack([letterbox(load_image(p["image_url"]["url"]),
-                                                                       vcfg.image_size) for p in rendered.images])))
-                        if rendered.images else None)
-        outs = engine.generate(ids, SamplingParams(max_tokens=max_tokens, temperature=0.0), images=embs)
-        out += [o.choices[0].text for o in outs]
-    return out
-
-
-def score(flags):
-    n = len(flags)
-    acc = sum(flags) / max(n, 1)
-    return dict(accuracy=acc, stderr=math.sqrt(acc * (1 - acc) / max(n - 1, 1)), n=n)
-
-
-def evaluate(model, encoder, tok, vcfg, train_rows, held, per_task=None):
-    """Per held-out task: accuracy with images, without them (same model), the training set's majority answer,
-    chance (1 / the number of choices), and a few examples."""
-    by_task = {}
-    for e in held:
-        by_task.setdefault(e["row"]["task"], []).append(e["row"])
+def evaluate(run, data_dir, train_rows, per_task=None, log=print):
+    """Every held-out task through the evals framework (the `vqa-<task>` specs `nanogpt4 vision-data` writes, the
+    VQA template, the run as a local completion function): accuracy with the images and without them (same
+    model, same questions), beside chance and the training set's majority answer per question kind; records in
+    run/evals/ (rewritten: they measure the run's final weights)."""
+    from ..evals import completion, recorder, registry, run as evals_run
+    shutil.rmtree(Path(run) / "evals", ignore_errors=True)
+    reg = registry.default_registry([Path(data_dir) / "registry"], wheel=False)
+    fn = completion.LocalCompletion(run, chat_template=True, max_rows=64)
     majority = {}  # per question kind (a task's rows with the same answer set): its most common training answer
     kind = lambda r: (r["task"], tuple(r.get("choices") or ()))  # noqa: E731
-    for e in train_rows:
-        majority.setdefault(kind(e["row"]), Counter())[norm(e["row"]["answer"])] += 1
+    for r in train_rows:
+        majority.setdefault(kind(r), Counter())[normalize(r["answer"])] += 1
+    tasks = [n[4:] for n in reg.get_eval_set("vision") if not n.endswith("-text-only")]
     out = {}
-    for task, rows in sorted(by_task.items()):
-        rows = rows[:per_task] if per_task else rows
-        seen, blind = (answers(model, encoder, tok, vcfg, rows, w) for w in (True, False))
-        gold = [norm(r["answer"]) for r in rows]
-        top = [majority.get(kind(r), Counter({"": 0})).most_common(1)[0][0] for r in rows]
-        out[task] = dict(with_image=score([norm(a) == g for a, g in zip(seen, gold)]),
-                         text_only=score([norm(a) == g for a, g in zip(blind, gold)]),
-                         majority=score([t == g for t, g in zip(top, gold)]),
-                         chance=sum(1 / max(len(r.get("choices") or [1]), 1) for r in rows) / len(rows),
-                         examples=[dict(id=r["id"], question=chat.text_of(r["messages"][-1]["content"]),
-                                        answer=r["answer"], model=a.strip()) for r, a in zip(rows[:4], seen[:4])])
+    for task in tasks:
+        reports = {}
+        for name in (f"vqa-{task}", f"vqa-{task}-text-only"):
+            path = Path(run) / "evals" / f"{name}.jsonl"
+            reports[name] = evals_run.run_eval(reg.get_eval(name), reg, [fn], path, max_samples=per_task, threads=64,
+                                               log=log)
+        seen, blind = reports[f"vqa-{task}"], reports[f"vqa-{task}-text-only"]
+        samples = [e["data"] for e in recorder.read(Path(run) / "evals" / f"vqa-{task}.jsonl")[1]
+                   if e["type"] == "sample"]
+        top = [majority.get((task, tuple(d.get("choices") or ())), Counter({"": 0})).most_common(1)[0][0]
+               for d in samples]
+        out[task] = dict(with_image=pick(seen), text_only=pick(blind),
+                         majority=pick(accuracy_report([t == normalize(str(d["expected"])) for t, d in zip(top, samples)])),
+                         chance=seen["chance"],
+                         examples=[dict(question=chat.text_of(d["prompt"][-1]["content"]), answer=d["expected"],
+                                        model=d["sampled"].strip(), image=image_of(d["prompt"]))
+                                   for d in samples[:4]])
         best = max(out[task]["text_only"]["accuracy"], out[task]["majority"]["accuracy"])
         out[task]["margin_over_text_only"] = out[task]["with_image"]["accuracy"] - best
+        log(f"  {task:8s} with image {seen['accuracy']:.3f} ± {seen['stderr']:.3f}, text only "
+            f"{blind['accuracy']:.3f}, majority {out[task]['majority']['accuracy']:.3f}, chance {seen['chance']:.3f}")
+    fn.engine.close()
     return out
+
+
+def pick(report):
+    return dict(accuracy=report["accuracy"], stderr=report["stderr"], n=report.get("samples", report.get("n")))
+
+
+def image_of(prompt):
+    """The first image of a chat prompt (its data URL), for the report card's examples."""
+    return next((p["image_url"]["url"] for m in prompt if isinstance(m["content"], list) for p in m["content"]
+                 if p.get("type") == "image_url"), None)
 
 
 # ----------------------------------------------------------------------------- CLI
