@@ -23,6 +23,9 @@ PRESETS = {
 SCALING = {"cpu": "cpu", "gpu": "gpu", "tiny": "quick"}  # the scaling ladder preset each main-job preset runs
 EVALS = {"cpu": [], "gpu": [], "tiny": ["--max-samples", "2"]}  # eval report card: every benchmark item, or a peek
 POSTTRAIN = {"cpu": [], "gpu": [], "tiny": ["--steps", "4"]}  # each post-training trainer's horizon: its default, or a peek
+VISION_DATA = {"cpu": [], "gpu": [], "tiny": ["--train-per-task", "40", "--heldout-per-task", "8",
+                                              "--tasks", "colour,shape,count,compare"]}  # image sets per task
+VISION = {"cpu": [], "gpu": [], "tiny": ["--align-steps", "2", "--joint-steps", "4"]}  # the vision stage's horizon
 
 
 def run_stage(name, argv):
@@ -54,9 +57,20 @@ def posttrain(stage, out, args):
     models = ",".join(f"{name}={out / name}" for name in ("pretrain", "sft", "rlhf", "dpo")).replace("pretrain=", "base=", 1)
     stage("behaviour", ["--models", models, "--data", str(data), "--out", str(out / "posttrain"), "--rm", str(out / "rm")]
           + (["--per-category", "4"] if args.preset == "tiny" else []), "posttrain/behaviour.json")
+
+
+def vision(stage, out, args):
+    """The vision stage on the SFT model: the image sets, then the encoder and the joint tuning, measured on every
+    held-out task; then the models file with every served snapshot."""
+    data = out / "vision" / "data"
+    stage("vision-data", ["--out", str(data)] + (["--cache", args.cache] if args.cache else []) + VISION_DATA[args.preset],
+          "vision/data/manifest.json")
+    stage("vision", ["--base", str(out / "sft"), "--data", str(data), "--text", str(out / "posttrain" / "data" / "sft.jsonl"),
+                     "--out", str(out / "vision" / "run"), "--resume"] + VISION[args.preset], "vision/run/done.json")
     from .serve import models as snapshots
     served = snapshots.write(out / "models.yaml", {"nano4-base": out / "pretrain", "nano4-sft": out / "sft",
-                                                    "nano4": out / "rlhf", "nano4-dpo": out / "dpo"}, {"nano4": "nano4"})
+                                                    "nano4": out / "rlhf", "nano4-dpo": out / "dpo",
+                                                    "nano4-vision": out / "vision" / "run"}, {"nano4": "nano4"})
     print(f"models file for `nanogpt4 serve --models {out / 'models.yaml'}`: {', '.join(served.names())}")
 
 
@@ -106,6 +120,7 @@ def main(args):
     atomic_write_json(timings_path, timings)
     stage("serve", ["--run", str(out / "pretrain"), "--smoke", str(out / "serve_smoke.json")], "serve_smoke.json")
     posttrain(stage, out, args)
+    vision(stage, out, args)
     stage("scaling", ["all", "--out", str(out / "scaling"), "--corpus", str(out / "corpus"),
                       "--preset", SCALING[args.preset]], "scaling/hindsight.json")
     stage("report", [str(out / "pretrain"), "--out", str(out / "evals"), "--corpus", str(out / "corpus" / "train.jsonl"),

@@ -213,6 +213,39 @@ def posttrain_section(out):
     return lines + [""]
 
 
+def vision_section(out):
+    """The vision stage: accuracy per held-out task with and without the image, baselines, text loss, examples."""
+    d = _read(out / "vision" / "run" / "done.json")
+    if not d:
+        return []
+    lines = ["## Vision", "",
+             f"`nanogpt4 vision`: a ViT encoder and projector trained from scratch on the SFT model ({d['train_rows']} "
+             f"training conversations over {len(d['tasks'])} tasks, {d['step']} steps, {d['seconds']:.0f} s), decoder "
+             "frozen first, then everything with text conversations mixed in. Held-out tasks through the evals framework "
+             "(`vqa-<task>` specs, VQA template, greedy, normalised match): accuracy with the image, the same model asked "
+             "the same questions without it, the training set's majority answer per question kind, and chance. The "
+             "margin is over the better of the two text-only baselines.", "",
+             "| task | with image | text only | majority | chance | margin | n |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for task, t in d["tasks"].items():
+        w = t["with_image"]
+        lines.append(f"| {task} | {w['accuracy']:.3f} ± {w['stderr']:.3f} | {t['text_only']['accuracy']:.3f} | "
+                     f"{t['majority']['accuracy']:.3f} | {t['chance']:.3f} | {t['margin_over_text_only']:+.3f} | {w['n']} |")
+    lines += ["", f"Held-out text loss (SFT's held-out conversations, assistant tokens): {d['text_heldout_loss_before']:.4f} "
+              f"before, {d['text_heldout_loss_after']:.4f} after ({100 * d['text_loss_change']:+.1f}%).", "",
+              "Examples (the first held-out items of each task):", ""]
+    pics = out / "vision" / "examples"
+    for task, t in d["tasks"].items():
+        for i, e in enumerate(t["examples"][:2]):
+            link = ""
+            if (e.get("image") or "").startswith("data:image/png;base64,"):
+                import base64
+                pics.mkdir(parents=True, exist_ok=True)
+                (pics / f"{task}-{i}.png").write_bytes(base64.b64decode(e["image"].split(",", 1)[1]))
+                link = f"![{task} {i}](vision/examples/{task}-{i}.png) "
+            lines.append(f"- {link}{task}: {e['question']!r} → model `{e['model']!r}`, answer `{e['answer']}`")
+    return lines + [""]
+
+
 def scaling_section(out):
     sc = out / "scaling"
     ladder, record, ver = _read(sc / "ladder.json"), _read(sc / "prediction_loss.json"), _read(sc / "verify_loss.json")
@@ -329,7 +362,7 @@ def timings_section(out):
     lines = ["## Stage timings", "", "Wall-clock seconds of the run that did each stage's work (`timings.json`).", "",
              "| stage | seconds | command |", "|---|---:|---|"]
     order = ["data", "tokenizer", "pretrain", "sample", "serve", "posttrain-data", "sft", "rm", "rlhf", "dpo", "behaviour",
-             "scaling", "report"]
+             "vision-data", "vision", "scaling", "report"]
     for k in sorted(t, key=lambda k: order.index(k) if k in order else len(order)):
         lines.append(f"| {k} | {t[k]['seconds']} | `{t[k]['command']}` |")
     lines.append(f"| **total** | {sum(v['seconds'] for v in t.values()):.1f} | |")
@@ -345,7 +378,7 @@ def write(out):
         plot_throughput(metrics, out / "throughput.png")
     lines = ["# nanogpt4 report card", "", f"Work directory: `{out}`.", ""]
     for section in (timings_section, corpus_section, tokenizer_section, pretrain_section, samples_section,
-                    serve_section, posttrain_section, scaling_section, evals_section):
+                    serve_section, posttrain_section, vision_section, scaling_section, evals_section):
         lines += section(out)
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")

@@ -20,14 +20,18 @@ def test_main_job_tiny_preset(tmp_path):
                    "heldout_code", "## Samples", "In the beginning", "## Stage timings", "## Evals", "MMLU",
                    "HumanEval", "GSM-8K", "TruthfulQA", "ECE", "## Serving smoke test", "all passed", "## Post-training",
                    "fails to refuse (disallowed)", "HHH",
-                   "rlhf vs sft", "letter mode side by side", "TruthfulQA MC1 of both models"):
+                   "rlhf vs sft", "letter mode side by side", "TruthfulQA MC1 of both models",
+                   "## Vision", "| colour |", "Held-out text loss", "vision/examples/colour-0.png"):
         assert needle in report, needle
     assert (out / "loss.png").stat().st_size > 10_000 and (out / "throughput.png").exists()
     timings = json.loads((out / "timings.json").read_text())
     assert set(timings) >= {"data", "tokenizer", "pretrain", "sample", "serve", "posttrain-data", "sft", "rm", "rlhf",
-                            "dpo", "behaviour"}
+                            "dpo", "behaviour", "vision-data", "vision"}
     from nanogpt4.serve import models
-    assert models.load(out / "models.yaml").resolve("nano4").run == (out / "rlhf").resolve()  # RLHF is recommended
+    served = models.load(out / "models.yaml")
+    assert served.resolve("nano4").run == (out / "rlhf").resolve()  # RLHF is recommended
+    assert [n for n in served.names() if n.startswith("nano4-vision-")]  # the vision model is served
+    assert (out / "vision" / "examples" / "colour-0.png").stat().st_size > 100
     smoke = json.loads((out / "serve_smoke.json").read_text())
     assert smoke["passed"] and smoke["checks"]["usage metered"]["passed"] and smoke["ttft_s"] > 0
     second = subprocess.run(cmd, capture_output=True, text=True)

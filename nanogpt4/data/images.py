@@ -54,7 +54,7 @@ import matplotlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ..common import UserError, atomic_write_bytes, atomic_write_json, atomic_write_text, cache_dir
+from ..common import UserError, atomic_write_bytes, atomic_write_json, atomic_write_text, cache_dir, sha256_file
 from ..evals.benchmarks import BIGBENCH
 from .sources import Package
 
@@ -388,6 +388,14 @@ def image_urls(r):
 def build(cache, out, n_train_per_task, n_heldout_per_task, seed=0, log=print, tasks=TASKS):
     """Write out/train.jsonl, out/heldout.jsonl and out/manifest.json; returns the manifest."""
     cache, out = Path(cache or cache_dir()), Path(out)
+    old = out / "manifest.json"
+    if old.exists():
+        m = json.loads(old.read_text())
+        same = (m.get("version"), m.get("seed"), m.get("tasks"), m.get("per_task")) == \
+            (VERSION, seed, list(tasks), {"train": n_train_per_task, "heldout": n_heldout_per_task})
+        if same and all((out / f).exists() and sha256_file(out / f) == h for f, h in m["files"].items()):
+            log(f"vision data in {out} is up to date")
+            return m
     rows, seen = {}, set()
     counts = {s: {} for s in SPLITS}
     dropped = Counter()

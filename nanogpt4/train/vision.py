@@ -82,6 +82,11 @@ def train(base, data_dir, text_path, out, align_steps=400, joint_steps=600, batc
         atomic_write_json(out / "config.json", dict(record, encoder=vcfg.to_dict()))
     elif record["encoder"] != vcfg.to_dict():
         raise UserError(f"{out} was started with another encoder config; use a new --out")
+    done_path = out / "done.json"
+    if resume and done_path.exists() and json.loads(done_path.read_text()).get("step") == steps:
+        print(f"{out} is complete")
+        return json.loads(done_path.read_text())
+    done_path.unlink(missing_ok=True)
     torch.manual_seed(seed)
     encoder = VisionEncoder(vcfg)
     seq_len = model.cfg.seq_len
