@@ -217,6 +217,27 @@ class Scripted:
         return CF.CompletionResult([self.answer(prompt)])
 
 
+def test_vqa_template_matches_choices_and_asks_blind_in_text_only_mode(tmp_path):
+    img = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    sample = {"input": [{"role": "user", "content": [img, {"type": "text", "text": "What colour?"}]}],
+              "ideal": "red", "choices": ["red", "dark red", "blue"]}
+    spec = R.EvalSpec("v", "v.v0", "nanogpt4.evals.templates:VQA", {}, tmp_path)
+    seen = []
+
+    def answer(prompt):
+        seen.append(prompt)
+        return {1: "Red.", 2: "dark red it is", 3: "blue, or red", 0: "Red."}[len(seen) % 4]
+    ev = T.VQA([Scripted(answer)], R.Registry([tmp_path]), spec, samples_jsonl="s.jsonl")
+    rng = __import__("random").Random(0)
+    recs = [ev.eval_sample(sample, rng) for _ in range(3)]
+    assert [r["correct"] for r in recs] == [True, False, False]  # "dark red" is its own choice; the first said counts
+    assert recs[1]["picked"] == "dark red" and seen[0][0]["content"][0] == img  # the image reaches the model
+    assert ev.report(recs)["chance"] == pytest.approx(1 / 3) and ev.report(recs)["accuracy"] == pytest.approx(1 / 3)
+    blind = T.VQA([Scripted(answer)], R.Registry([tmp_path]), spec, samples_jsonl="s.jsonl", text_only=True)
+    blind.eval_sample(sample, rng)
+    assert seen[-1] == [{"role": "user", "content": "What colour?"}]  # the same question without the image
+
+
 def test_model_graded_battle_gives_each_output_to_its_own_policy():
     reg = R.Registry([R.BUILTIN])  # nanogpt4's own specs only: no wheel, no network
     spec = R.EvalSpec("b", "b.v0", "evals.elsuite.modelgraded.classify:ModelBasedClassify", {}, R.BUILTIN)
