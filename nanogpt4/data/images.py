@@ -58,7 +58,7 @@ from ..common import UserError, atomic_write_bytes, atomic_write_json, atomic_wr
 from ..evals.benchmarks import BIGBENCH
 from .sources import Package
 
-VERSION = 1
+VERSION = 2  # 2: text gets TRAIN_SCALE × the training rows
 SIZE = 64
 NOISE = 4  # +- pixel noise on generated images
 COLOURS = {"red": (220, 30, 30), "green": (30, 160, 50), "blue": (40, 70, 220),
@@ -72,6 +72,7 @@ WORDS = ("cat", "dog", "sun", "red", "big", "run", "car", "book", "tree", "fish"
          "ship", "star", "moon", "fire", "road", "park", "city", "king", "queen", "ball", "game", "cake", "lamp",
          "shoe", "ring", "gold", "tiger", "lemon", "pizza", "robot", "zebra", "window")
 TEXTS = WORDS + tuple(str(n) for n in range(10, 100))
+TRAIN_SCALE = {"text": 3}  # training rows per task are n × this: 150 answers to read need more than 2,000 examples
 FONTS = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf")
 PANELS = ("top-left", "top-right", "bottom-left", "bottom-right")
 BARS = ("A", "B", "C")
@@ -362,7 +363,7 @@ def examples(cache, split, n_per_task, seed=0, tasks=TASKS):
         if task in GENERATED:
             if n_per_task is None:
                 raise ImageDataError(f"{task} is generated: give a number of examples, not all")
-            for _ in range(n_per_task):
+            for _ in range(n_per_task * (TRAIN_SCALE.get(task, 1) if split == "train" else 1)):
                 yield GENERATED[task](rng)
         elif task in REAL:
             question, choices = REAL[task]

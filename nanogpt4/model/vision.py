@@ -99,6 +99,9 @@ class VisionEncoder(nn.Module):
         self.ln = nn.LayerNorm(w)
         s2 = cfg.shuffle ** 2
         self.projector = nn.Sequential(nn.Linear(s2 * w, cfg.out_dim), nn.GELU(), nn.Linear(cfg.out_dim, cfg.out_dim))
+        # where in the image each output token sits, in the decoder's space: the decoder's RoPE tells it how far
+        # back a token is, not which row and column of the picture it covers ("the top-left panel")
+        self.place = nn.Parameter(torch.zeros(cfg.tokens, cfg.out_dim))
 
     def forward(self, pixels):
         g, s = self.cfg.grid, self.cfg.shuffle
@@ -109,7 +112,7 @@ class VisionEncoder(nn.Module):
         x = self.ln(x)
         N, _, w = x.shape  # pixel shuffle: each s×s block of patches → one vector of s²·w
         x = x.view(N, g // s, s, g // s, s, w).permute(0, 1, 3, 2, 4, 5).reshape(N, (g // s) ** 2, s * s * w)
-        return self.projector(x)
+        return self.projector(x) + self.place
 
     def embed(self, pixels):
         """Embeddings of N images flattened row-major, (N·tokens, out_dim): the `images` argument of GPT.forward

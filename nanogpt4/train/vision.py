@@ -62,8 +62,8 @@ def mixed_batch(data, text, step, size, text_share, seed):
     return trainer.batch(data, step, size - n_text, seed), trainer.batch(text, step, n_text, seed) if n_text else []
 
 
-def train(base, data_dir, text_path, out, align_steps=400, joint_steps=600, batch_size=32, lr=1e-3, decoder_lr=2e-4,
-          text_share=0.25, seed=0, eval_every=200, dtype="bfloat16", resume=False, quiet=False, per_task=None):
+def train(base, data_dir, text_path, out, align_steps=200, joint_steps=2800, batch_size=32, lr=1e-3, decoder_lr=1e-4,
+          text_share=0.125, seed=0, eval_every=200, dtype="bfloat16", resume=False, quiet=False, per_task=None):
     """Train the vision model from the chat model `base` on the image sets in `data_dir` (`nanogpt4 vision-data`),
     mixing in the conversations of `text_path` (SFT's); returns done.json."""
     data_dir, text_path = Path(data_dir), Path(text_path)
@@ -217,16 +217,16 @@ def add_args(p):
     p.add_argument("--text", default="runs/default/posttrain/data/sft.jsonl",
                    help="text conversations mixed into the joint phase; their held-out split measures text loss")
     p.add_argument("--out", default="runs/default/vision", help="the vision run directory")
-    p.add_argument("--align-steps", type=int, default=400, help="steps with the decoder frozen")
-    p.add_argument("--joint-steps", type=int, default=600, help="steps training everything")
+    p.add_argument("--align-steps", type=int, default=200, help="steps with the decoder frozen")
+    p.add_argument("--joint-steps", type=int, default=2800, help="steps training everything")
     p.add_argument("--batch-size", type=int, default=32, help="conversations per step")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of the encoder and projector")
-    p.add_argument("--decoder-lr", type=float, default=2e-4, help="peak learning rate of the decoder's hidden "
+    p.add_argument("--decoder-lr", type=float, default=1e-4, help="peak learning rate of the decoder's hidden "
                                                                   "matrices in the joint phase (muP groups)")
-    p.add_argument("--text-share", type=float, default=0.25, help="share of each joint batch that is text")
+    p.add_argument("--text-share", type=float, default=0.125, help="share of each joint batch that is text")
     p.add_argument("--per-task", type=int, default=None, help="held-out rows evaluated per task (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the batch order and the encoder's initialisation")
-    p.add_argument("--eval-every", type=int, default=200, help="steps between held-out losses and checkpoints")
+    p.add_argument("--eval-every", type=int, default=500, help="steps between held-out losses and checkpoints")
     p.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="autocast dtype on CPU")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
 
