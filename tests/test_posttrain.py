@@ -67,6 +67,15 @@ def test_sft_learns_resumes_exactly_and_guards_its_run(local_run, tmp_path):
         sft.train(local_run, tmp_path / "missing.jsonl", tmp_path / "x", **kw)
 
 
+def test_sft_refuses_image_conversations_clearly(local_run, tmp_path):
+    path = tmp_path / "img.jsonl"
+    msgs = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}}]},
+            {"role": "assistant", "content": "a cat"}]
+    path.write_text(json.dumps({"id": "x/1", "messages": msgs}) + "\n")
+    with pytest.raises(UserError, match="x/1 has images.*nanogpt4 vision"):
+        sft.train(local_run, path, tmp_path / "sft", steps=1, batch_size=1, dtype="float32", quiet=True)
+
+
 def test_safety_share_keeps_that_share_of_refusals_only():
     rows = [dict(id=f"x/{i}", category=c) for i in range(2000) for c in ("disallowed", "chat")]
     for share in (0.0, 0.1, 0.5):

@@ -52,6 +52,17 @@ def write_set(root, n_train=160, n_held=40):
                        {"type": "text", "text": "colour?"}]
             rows.append(dict(id=f"colour/{split}/{i}", task="colour", split=split, answer=c, choices=sorted(COLOURS),
                              messages=[{"role": "user", "content": content}]))
+        if split == "train":  # conversations in SFT's format train too: a system message, two turns, two images
+            for i in range(8):
+                a, b = rng.choice(sorted(COLOURS)), rng.choice(sorted(COLOURS))
+                msgs = [{"role": "system", "content": "Answer with a colour."},
+                        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(disc(a, rng))}},
+                                                     {"type": "text", "text": "colour?"}]},
+                        {"role": "assistant", "content": a},
+                        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(disc(b, rng))}},
+                                                     {"type": "text", "text": "and this?"}]},
+                        {"role": "assistant", "content": b}]
+                rows.append(dict(id=f"chat/{i}", split="train", messages=msgs))
         (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     write_registry(root / "registry", rows)
     return root

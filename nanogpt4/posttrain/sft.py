@@ -35,6 +35,9 @@ def examples(tok, path, seq_len, split, safety_share=1.0):
         if row.get("split", "train") != split or (split == "train" and not kept(row, safety_share)):
             continue
         r = chat.render(tok, row["messages"], generate=False)
+        if r.images:
+            raise UserError(f"{path}: conversation {row.get('id', '?')} has images; a text model cannot see them "
+                            "(train image conversations with `nanogpt4 vision --data`)")
         if len(r.ids) > seq_len + 1:
             dropped += 1
         elif any(r.mask[1:]):

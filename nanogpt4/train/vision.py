@@ -33,15 +33,18 @@ from ..posttrain.sft import examples as text_examples, heldout_loss, padded
 
 
 def load_rows(tok, path, vcfg, split):
-    """The image conversations of `split` in the JSONL at `path`: rendered ids and mask (the answer as the
-    assistant turn), images as uint8 (n, 3, S, S), and the row (for evaluation)."""
+    """The image conversations of `split` in the JSONL at `path`: rendered ids and mask, images as uint8
+    (n, 3, S, S), and the row (for evaluation). A row is a visual question (`messages` + `answer`, what
+    `nanogpt4 vision-data` writes: the answer becomes the assistant turn) or any conversation in SFT's format
+    whose assistant turns are trained on (multi-turn, several images, system messages)."""
     out = []
     for row in iter_jsonl(path):
         if row.get("split", "train") != split:
             continue
-        msgs = row["messages"] + [{"role": "assistant", "content": row["answer"]}]
+        msgs = row["messages"] + ([{"role": "assistant", "content": row["answer"]}] if "answer" in row else [])
         r = chat.render(tok, msgs, generate=False, image_tokens=vcfg.tokens)
-        imgs = torch.stack([letterbox(load_image(p["image_url"]["url"]), vcfg.image_size) for p in r.images])
+        imgs = torch.stack([letterbox(load_image(p["image_url"]["url"]), vcfg.image_size) for p in r.images]) \
+            if r.images else torch.zeros(0, 3, vcfg.image_size, vcfg.image_size, dtype=torch.uint8)
         out.append(dict(ids=r.ids, mask=r.mask, images=imgs, row=row))
     return out
 
@@ -170,7 +173,7 @@ def evaluate(run, data_dir, train_rows, per_task=None, log=print):
     fn = completion.LocalCompletion(run, chat_template=True, max_rows=64)
     majority = {}  # per question kind (a task's rows with the same answer set): its most common training answer
     kind = lambda r: (r["task"], tuple(r.get("choices") or ()))  # noqa: E731
-    for r in train_rows:
+    for r in (r for r in train_rows if "answer" in r):
         majority.setdefault(kind(r), Counter())[normalize(r["answer"])] += 1
     tasks = [n[4:] for n in reg.get_eval_set("vision") if not n.endswith("-text-only")]
     out = {}
