@@ -7,10 +7,12 @@ import io
 import json
 import random
 import re
+import zipfile
+from collections import Counter
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from nanogpt4.data import images as I
@@ -162,6 +164,69 @@ def test_compare_answers_match_both_images():
             assert n != m and ex["answer"] == ("first" if n > m else "second")
 
 
+def top_rows(img):
+    """Per column, the topmost row of saturated (line) pixels; SIZE where there is none."""
+    sat = saturated(pixels(img))
+    return np.where(sat.any(axis=0), sat.argmax(axis=0), I.SIZE)
+
+
+def test_line_answers_match_the_drawn_line():
+    exs = make("line", 100)
+    assert {e["answer"] for e in exs} >= {"up", "down"} and {len(e["choices"]) for e in exs} == {2, 4, 5}
+    for ex in exs:
+        top = top_rows(ex["images"][0])
+        first, last = top[I.line_x(0, 4)], top[I.line_x(3, 4)]  # the first and last points sit at x 14 and 58
+        if ex["question"] == "Does the line go up or down?":
+            assert abs(first - last) >= 10 and ex["answer"] == ("up" if last < first else "down")
+        else:
+            n = len(ex["choices"])
+            assert ex["question"] == "At which point is the line highest?" and ex["choices"] in (list("12345"[:n]),
+                                                                                                  list("ABCDE"[:n]))
+            at = [top[I.line_x(i, n)] for i in range(n)]
+            i = ex["choices"].index(ex["answer"])
+            assert at[i] == min(at) and sorted(at)[1] - at[i] >= 3
+            assert abs(int(np.argmin(top)) - I.line_x(i, n)) <= 3  # the line's highest pixel is at that point
+
+
+def test_document_draws_the_asked_field_inside_the_card(monkeypatch):
+    drawn = []
+    text = ImageDraw.ImageDraw.text
+
+    def record(self, xy, t, *args, **kwargs):
+        drawn.append((t, self.textbbox(xy, t, font=kwargs.get("font"))))
+        return text(self, xy, t, *args, **kwargs)
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", record)
+    exs, rng = [], random.Random(0)
+    for _ in range(100):
+        ex = I.document(rng)
+        field = re.fullmatch(r"What is the (\w+) on the card\?", ex["question"]).group(1).capitalize()
+        assert ex["choices"] == list(I.FIELDS[field])
+        lines = dict(t.split(": ") for t, _ in drawn)
+        assert 2 <= len(drawn) <= 3 and len(lines) == len(drawn) and lines[field] == ex["answer"]
+        for _, (x0, y0, x1, y1) in drawn:
+            assert I.DOC_LEFT <= x0 and x1 <= I.DOC_RIGHT and I.DOC_TOP <= y0 and y1 <= I.SIZE - 4
+        exs.append((ex, len(drawn)))
+        drawn.clear()
+    assert {e["answer"] for e, _ in exs} & set(I.NAMES) and {e["answer"] for e, _ in exs} & set(I.CITIES)
+    assert {e["answer"] for e, _ in exs} & set(I.AGES)
+    for ex, n in exs:  # on the pixels: dark ink only in the text area, in n separate lines
+        dark = pixels(ex["images"][0]).max(axis=2) < 110
+        ys, xs = np.nonzero(dark)
+        assert len(ys) > 40 and xs.min() >= I.DOC_LEFT - 1 and xs.max() <= I.DOC_RIGHT + 1
+        assert ys.min() >= I.DOC_TOP - 1 and ys.max() <= I.SIZE - 3
+        rows = ndimage.binary_closing(dark.any(axis=1), np.ones(3, dtype=bool))  # a descender's 1-row gap is no gap
+        assert ndimage.label(rows)[1] == n
+
+
+def test_document_longest_lines_fit_at_9px():
+    draw = ImageDraw.Draw(Image.new("RGB", (I.SIZE, I.SIZE)))
+    for name in I.DOC_FONTS:
+        for field, values in I.FIELDS.items():
+            for v in values:
+                x0, _, x1, _ = draw.textbbox((0, 0), f"{field}: {v}", font=I.font(name, 9))
+                assert x1 - x0 <= I.DOC_RIGHT - I.DOC_LEFT, (name, field, v)
+
+
 # ----------------------------------------------------------------------------- real sets, from local fixtures
 
 @pytest.fixture
@@ -213,6 +278,59 @@ def test_digits_and_the_class_stratified_split():
     train, held = I.split_real(sorted_items, 8)
     assert len(held) == 8 and {l for _, l in held} == set("abcd") and len(train) == 32
     assert all(i >= 8 for i, _ in held) and not {i for i, _ in held} & {i for i, _ in train}
+
+
+def fixture_wheel(tmp_path, monkeypatch):
+    """A stand-in scikit-image wheel with two photos at their member paths, pinned by its own sha256: "cat" (RGB,
+    400x300, a red patch at its subject point, a left-right grey ramp) and "horse" (RGBA, transparent left half)."""
+    cat = np.zeros((300, 400, 3), dtype=np.uint8)
+    cat[..., 1] = cat[..., 2] = np.linspace(0, 200, 400, dtype=np.uint8)[None, :]  # brighter to the right
+    fx, fy = I.PHOTOS["cat"][1]
+    cat[round(fy * 300) - 3:round(fy * 300) + 4, round(fx * 400) - 3:round(fx * 400) + 4] = (255, 0, 0)
+    horse = np.zeros((100, 120, 4), dtype=np.uint8)
+    horse[:, 60:] = (0, 0, 0, 255)
+    path = tmp_path / "packages" / "skimage-fixture.whl"
+    path.parent.mkdir(parents=True)
+    with zipfile.ZipFile(path, "w") as zf:
+        for label, a in (("cat", cat), ("horse", horse)):
+            buf = io.BytesIO()
+            Image.fromarray(a).save(buf, format="PNG")
+            zf.writestr(I.PHOTOS[label][0], buf.getvalue())
+    pinned = I.Package("pypi", "scikit-image", "0.26.0", hashlib.sha256(path.read_bytes()).hexdigest(), path.name)
+    monkeypatch.setattr(I, "SKIMAGE", pinned)
+    monkeypatch.setattr(I, "PHOTOS", {k: I.PHOTOS[k] for k in ("cat", "horse")})
+    return tmp_path
+
+
+def test_caption_reads_photos_from_the_wheel_and_makes_views(tmp_path, monkeypatch, no_download):
+    cache = fixture_wheel(tmp_path, monkeypatch)
+    (cat, l1), (horse, l2) = I.photos(cache)
+    assert (l1, l2) == ("cat", "horse") and cat.mode == horse.mode == "RGB"
+    assert cat.size == (341, 256) and horse.size == (120, 100)  # shrunk to a 256 px short side; small ones kept
+    assert horse.getpixel((10, 50)) == (255, 255, 255) and horse.getpixel((100, 50)) == (0, 0, 0)
+    assert set(I.CAPTIONS) == set(I.REAL["caption"][1]) and all(c.endswith(".") for c in I.CAPTIONS.values())
+    rows = {split: list(I.examples(cache, split, 40, seed=0, tasks=("caption",))) for split in I.SPLITS}
+    for split, exs in rows.items():
+        assert Counter(e["answer"] for e in exs) == {"cat": 20, "horse": 20}
+        for e in exs:
+            assert e["question"] == "What is in this image?" and e["choices"] == list(I.REAL["caption"][1])
+            (img,) = e["images"]
+            assert img.mode == "RGB" and img.size == (I.SIZE, I.SIZE)
+            a = pixels(img)
+            if e["answer"] == "cat":  # every view holds the subject point
+                assert ((a[..., 0] > 150) & (a[..., 1] < 80)).any()
+    ramp = {split: np.mean([pixels(e["images"][0])[..., 2].mean() for e in exs if e["answer"] == "cat"])
+            for split, exs in rows.items()}
+    assert ramp["heldout"] > ramp["train"] + 5  # held-out crops sit further right
+    bytes_ = lambda exs: [e["images"][0].tobytes() for e in exs]
+    assert not set(bytes_(rows["train"])) & set(bytes_(rows["heldout"]))
+    assert bytes_(I.examples(cache, "train", 40, seed=0, tasks=("caption",))) == bytes_(rows["train"])
+    assert bytes_(I.examples(cache, "train", 40, seed=1, tasks=("caption",))) != bytes_(rows["train"])
+    m = I.build(cache, tmp_path / "out", 4, 2, log=lambda *a: None, tasks=("caption", "line"))
+    assert m["counts"]["heldout"] == {"caption": 2, "line": 2} and m["version"] == I.VERSION
+    assert m["packages"]["scikit-image"]["sha256"] == I.SKIMAGE.sha256
+    with pytest.raises(I.ImageDataError):
+        list(I.examples(cache, "train", None, tasks=("caption",)))
 
 
 # ----------------------------------------------------------------------------- build

