@@ -15,7 +15,7 @@ STAGES = {  # name: (module, help)
     "eval": ("nanogpt4.evals.run", "run registry evals (openai/evals format) on a model; show records"),
     "report": ("nanogpt4.evals.card", "the eval report card of a run: benchmarks, calibration, contamination"),
     "posttrain-data": ("nanogpt4.posttrain.data", "build the post-training datasets (SFT, prompts, HHH, refusal labels)"),
-    "vision-data": ("nanogpt4.data.images", "build the vision sets: generated visual questions, CIFAR-10, MNIST, digits"),
+    "vision-data": ("nanogpt4.data.images", "build the vision sets: generated visual questions, photos, CIFAR-10, MNIST, digits, an evals registry"),
     "sft": ("nanogpt4.posttrain.sft", "supervised fine-tuning on conversations (loss on assistant tokens)"),
     "rm": ("nanogpt4.posttrain.reward", "the reward model: Bradley-Terry on preference pairs, from the SFT run"),
     "rbrm": ("nanogpt4.posttrain.rbrm", "rule-based reward models: train and evaluate the grader, fit the weights"),

@@ -150,3 +150,16 @@ def test_vision_stage_learns_what_only_the_image_shows_and_resumes(local_run, tm
     assert resumed["tasks"]["colour"]["with_image"] == t["with_image"]
     with pytest.raises(UserError, match="another base, data or settings"):
         vision.train(local_run, data, text, again, align_steps=30, joint_steps=60, resume=True, **kw)
+
+
+def test_answer_loss_equals_the_masked_model_loss():
+    from nanogpt4.train.vision import answer_loss
+    torch.manual_seed(0)
+    m = GPT(ModelConfig(vocab_size=512, n_layer=2, n_embd=64, n_head=2, n_kv_head=1, seq_len=32))
+    m.init_weights(seed=0)
+    x, y = torch.randint(0, 512, (3, 20)), torch.randint(0, 512, (3, 20))
+    mask = (torch.rand(3, 20) > 0.7).long()
+    with torch.no_grad():
+        assert answer_loss(m, x, y, mask).item() == pytest.approx(m(x, y, loss_mask=mask).item(), rel=1e-5)
+        total = answer_loss(m, x, y, mask, reduction="sum").item()
+        assert total == pytest.approx(m(x, y, loss_mask=mask, reduction="sum").item(), rel=1e-5)
