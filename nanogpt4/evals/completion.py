@@ -74,17 +74,14 @@ class LocalCompletion:
             raise ValueError(f"{self.name}: image inputs need a vision model with its chat format")
         return *prompt_ids(self.tok, chat.to_plain_text(prompt) if is_chat(prompt) else prompt, limit), None
 
-    @torch.no_grad()
     def embed(self, parts):
         """Embeddings of image parts whose url is a data URL or a local file path (registry samples)."""
         from pathlib import Path
-        from ..model import vision
         if self.vision is None:
             raise ValueError(f"{self.name} is not a vision model: it cannot read image inputs")
         urls = [p["image_url"]["url"] for p in parts]
-        sources = [u if u.startswith("data:") else Path(u.removeprefix("file://")).read_bytes() for u in urls]
-        w = next(self.vision.parameters())
-        return self.vision.embed(vision.pixels(sources, self.vision.cfg.image_size).to(w.device, w.dtype))
+        return self.vision.embed_images([u if u.startswith("data:") else Path(u.removeprefix("file://")).read_bytes()
+                                         for u in urls])
 
     def __call__(self, prompt, max_tokens=256, temperature=0.0, n=1, stop=None, seed=None, logprobs=False,
                  top_p=1.0, top_k=0, **_):

@@ -119,6 +119,13 @@ class VisionEncoder(nn.Module):
         for prompts whose placeholders are those images' in order."""
         return self(pixels).reshape(-1, self.cfg.out_dim)
 
+    @torch.no_grad()
+    def embed_images(self, sources):
+        """`embed` of images given as Pillow images, bytes or data URLs (checked by `load_image`), on this
+        encoder's device and dtype: what the server and the evals hand the engine."""
+        w = next(self.parameters())
+        return self.embed(pixels(sources, self.cfg.image_size).to(w.device, w.dtype))
+
 
 # ----------------------------------------------------------------------------- preprocessing
 

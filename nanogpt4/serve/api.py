@@ -25,7 +25,6 @@ from typing import Optional, Union
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 
@@ -182,7 +181,6 @@ def input_text(messages):
 MAX_IMAGES = 8  # image parts per request (each also costs its tokens of the context)
 
 
-@torch.no_grad()
 def image_embeddings(s, model, parts):
     """The embeddings of a request's image parts for a vision model (data URLs only: the server has no network),
     or a 400 naming what is wrong with which image."""
@@ -198,8 +196,7 @@ def image_embeddings(s, model, parts):
             imgs.append(vision.load_image(p["image_url"]["url"]))
         except vision.ImageError as e:
             raise APIError(400, f"Image {i + 1} of the request: {e}.", param="messages", code="invalid_image") from None
-    w = next(s.vision.parameters())
-    return s.vision.embed(vision.pixels(imgs, s.vision.cfg.image_size).to(w.device, w.dtype))
+    return s.vision.embed_images(imgs)
 
 
 def create_app(models, served, db, auth=True, moderator=None, monitor=None, chat_cap=None, max_queue=256):

@@ -31,6 +31,7 @@ from ..evals.templates import accuracy_report, normalize
 from ..model.vision import VisionConfig, VisionEncoder, letterbox, load_image, normalise
 from ..posttrain import trainer
 from ..posttrain.sft import examples as text_examples, heldout_loss, padded
+from ..tokenizer import Tokenizer
 
 
 def load_rows(tok, path, vcfg, split):
@@ -79,11 +80,10 @@ def train(base, data_dir, text_path, out, align_steps=200, joint_steps=2800, bat
     cfg = dict(align_steps=align_steps, joint_steps=joint_steps, batch_size=batch_size, lr=lr, decoder_lr=decoder_lr,
                text_share=text_share, seed=seed, eval_every=eval_every, dtype=dtype,
                text=dict(path=str(text_path.resolve())))
-    from ..runs import load as load_run
-    tok = load_run(base, device="cpu").tok
+    image_token = Tokenizer.load(Path(base) / "tokenizer.json").special("image")
     b = trainer.setup(base, data_dir / "train.jsonl", out, cfg, resume, kind="vision",
-                      model_update=dict(image_token_id=tok.special("image")))
-    out, model = Path(out), b.model
+                      model_update=dict(image_token_id=image_token))
+    out, model, tok = Path(out), b.model, b.tok
     vcfg = VisionConfig.for_decoder(model.cfg)
     record = json.loads((out / "config.json").read_text())
     if "encoder" not in record:
