@@ -13,8 +13,8 @@ blue, yellow, purple, orange), slightly jittered; shapes are circle, square, tri
            "Is the red shape left of or right of the blue shape?"  left/right, chance 1/2;
            "Is the red shape above or below the blue shape?"  above/below, chance 1/2.
   text     a word (60 common 3-6 letter words) or a number 10-99 in a random DejaVu font (sans, bold, serif, mono),
-           20-28 px or the largest size below that fits, dark ink at a random place. "What does the text say?"  the 150 words and
-           numbers, chance 1/150.
+           20-28 px or the largest size below that fits, dark ink at a random place. "What does the text say, letter
+           by letter?"  the word spelled ("b r e a d", "4 7"), one of 150, chance 1/150.
   chart    a bar chart: bars A, B, C of 1-9 units on a grid with ticks 0, 3, 6, 9 (a unit is 5 px).
            "Which bar is tallest?"  A/B/C (a unique maximum), chance 1/3;
            "What is the value of bar B?" (A, B or C)  "1".."9", chance 1/9.
@@ -75,7 +75,7 @@ from ..common import UserError, atomic_write_bytes, atomic_write_json, atomic_wr
 from ..evals.benchmarks import BIGBENCH
 from .sources import Package
 
-VERSION = 4  # 2: text gets TRAIN_SCALE × the training rows; 3: line, document, caption
+VERSION = 5  # 2: text gets TRAIN_SCALE × the training rows; 3: line, document, caption
 SIZE = 64
 NOISE = 4  # +- pixel noise on generated images
 COLOURS = {"red": (220, 30, 30), "green": (30, 160, 50), "blue": (40, 70, 220),
@@ -89,6 +89,7 @@ WORDS = ("cat", "dog", "sun", "red", "big", "run", "car", "book", "tree", "fish"
          "ship", "star", "moon", "fire", "road", "park", "city", "king", "queen", "ball", "game", "cake", "lamp",
          "shoe", "ring", "gold", "tiger", "lemon", "pizza", "robot", "zebra", "window")
 TEXTS = WORDS + tuple(str(n) for n in range(10, 100))
+SPELLED = tuple(" ".join(t) for t in TEXTS)
 TRAIN_SCALE = {"text": 3}  # training rows per task are n × this: 150 answers to read need more than 2,000 examples
 FONTS = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf")
 PANELS = ("top-left", "top-right", "bottom-left", "bottom-right")
@@ -257,7 +258,13 @@ def text(rng):
             break
     x, y = rng.randint(3 - x0, SIZE - 3 - x1), rng.randint(3 - y0, SIZE - 3 - y1)
     draw.text((x, y), word, font=font(name, size), fill=tuple(rng.randint(0, 90) for _ in range(3)))
-    return example("text", [noisy(img, rng)], "What does the text say?", word, TEXTS)
+    return example("text", [noisy(img, rng)], "What does the text say, letter by letter?", spell(word), SPELLED)
+
+
+def spell(word):
+    """'bread' → 'b r e a d': each answer token is one glyph (a 26 + 10-way reading learned across all words),
+    where a whole-word answer is a 150-way class seen ~40 times (read 1-3% after 3,000 steps; NOTES.md)."""
+    return " ".join(word)
 
 
 CHART_BASE, CHART_UNIT, CHART_LEFT = 52, 5, 12  # baseline y, pixels per unit, x where the plot starts
