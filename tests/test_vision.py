@@ -152,14 +152,27 @@ def test_vision_stage_learns_what_only_the_image_shows_and_resumes(local_run, tm
         vision.train(local_run, data, text, again, align_steps=30, joint_steps=60, resume=True, **kw)
 
 
-def test_answer_loss_equals_the_masked_model_loss():
-    from nanogpt4.train.vision import answer_loss
+def test_masked_loss_reads_out_only_where_the_mask_is_and_matches_the_full_readout():
+    """GPT.forward with a loss_mask computes logits at the masked positions alone (what SFT and the vision stage
+    train on): the same loss and gradients as the cross-entropy of the full logits there; padding (-1) is skipped."""
     torch.manual_seed(0)
     m = GPT(ModelConfig(vocab_size=512, n_layer=2, n_embd=64, n_head=2, n_kv_head=1, seq_len=32))
     m.init_weights(seed=0)
-    x, y = torch.randint(0, 512, (3, 20)), torch.randint(0, 512, (3, 20))
-    mask = (torch.rand(3, 20) > 0.7).long()
     with torch.no_grad():
-        assert answer_loss(m, x, y, mask).item() == pytest.approx(m(x, y, loss_mask=mask).item(), rel=1e-5)
-        total = answer_loss(m, x, y, mask, reduction="sum").item()
-        assert total == pytest.approx(m(x, y, loss_mask=mask, reduction="sum").item(), rel=1e-5)
+        for p in m.parameters():  # zero-initialised readout and projections would make every loss log(512)
+            p.add_(torch.randn_like(p) * 0.05)
+    x, y = torch.randint(0, 512, (3, 20)), torch.randint(0, 512, (3, 20))
+    y[2, 15:] = -1  # padding
+    mask = (torch.rand(3, 20) > 0.6).long()
+    keep = mask.bool() & (y >= 0)
+    full = m(x)
+    want = torch.nn.functional.cross_entropy(full[keep].float(), y[keep])
+    assert 0.5 < want.item() / 6.238 < 1.5 and abs(want.item() - 6.238) > 1e-3  # not the uniform log(512)
+    got = m(x, y, loss_mask=mask)
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    total = m(x, y, loss_mask=mask, reduction="sum").item()
+    assert total == pytest.approx(want.item() * int(keep.sum()), rel=1e-5)
+    g_want = torch.autograd.grad(want, m.lm_head.weight)[0]
+    g_got = torch.autograd.grad(m(x, y, loss_mask=mask), m.lm_head.weight)[0]
+    assert torch.allclose(g_got, g_want, atol=1e-6)
+

@@ -293,7 +293,7 @@ class GPT(nn.Module):
         """idx (B,T) token ids; images (n_placeholders, n_embd) row-major over placeholder positions; cache: a
         KVCache (or a `rows(...)` view of one) whose rows continue from their own lengths; returns logits (B,T,V),
         or only at position logits_at[b] of each row (B,V), or, with targets, the mean cross-entropy
-        (ignore_index -1); `features`: the final normalised hidden states instead of logits (B,T,C), what the
+        (ignore_index -1; with loss_mask, over the positions where it is 1, read out there alone); `features`: the final normalised hidden states instead of logits (B,T,C), what the
         reward model's and the value function's scalar heads read."""
         B, T = idx.shape
         if cache is None:
@@ -313,13 +313,14 @@ class GPT(nn.Module):
             cache.commit()
         if logits_at is not None:
             x = x[torch.arange(B, device=x.device), logits_at]
+        if targets is not None and loss_mask is not None:  # the readout only where the loss is taken: an SFT or
+            keep = loss_mask.bool() & (targets >= 0)  # image answer is a few tokens of a row, the 8,192-way readout
+            x, targets = x[keep], targets[keep]  # at every position was most of a step's work
         x = rms_norm(x)
         if features:
             return x
         logits = self.readout(x)
         if targets is None:
             return logits
-        if loss_mask is not None:
-            targets = targets.masked_fill(loss_mask == 0, -1)
         return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1,
                                reduction=reduction)

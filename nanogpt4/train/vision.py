@@ -23,7 +23,6 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from .. import chat
 from ..common import UserError, atomic_write_json, iter_jsonl
@@ -54,15 +53,6 @@ def load_rows(tok, path, vcfg, split):
 def image_batch(items, pad):
     x, y, m = padded([(e["ids"], e["mask"]) for e in items], pad)
     return x, y, m, normalise(torch.cat([e["images"] for e in items]))
-
-
-def answer_loss(model, x, y, m, images=None, reduction="mean"):
-    """Cross-entropy on the answer tokens (mask m) only, the readout computed there alone: an image question has
-    ~3 answer tokens in ~35, and the 8,192-way readout at every position was most of a step's work. The same
-    value as model(x, y, loss_mask=m)."""
-    sel = m.bool()
-    logits = model.readout(model(x, images=images, features=True)[sel]).float()
-    return F.cross_entropy(logits, y[sel], reduction=reduction)
 
 
 def mixed_batch(data, text, step, size, text_share, seed):
@@ -119,10 +109,10 @@ def train(base, data_dir, text_path, out, align_steps=200, joint_steps=2800, bat
         imgs, texts = mixed_batch(data, text if joint else [], step, batch_size, text_share, seed)
         x, y, m, px = image_batch(imgs, pad)
         with cast():
-            loss = answer_loss(model, x, y, m, encoder.embed(px))
+            loss = model(x, y, images=encoder.embed(px), loss_mask=m)
             if texts:
                 tx, ty, tm = padded(texts, pad)
-                text_loss = answer_loss(model, tx, ty, tm)
+                text_loss = model(tx, ty, loss_mask=tm)
                 loss_all = (loss * len(imgs) + text_loss * len(texts)) / (len(imgs) + len(texts))
             else:
                 loss_all = loss
@@ -161,7 +151,7 @@ def image_loss(model, encoder, data, size, pad, cast):
     for i in range(0, len(data), size):
         x, y, m, px = image_batch(data[i:i + size], pad)
         with cast():
-            total += answer_loss(model, x, y, m, encoder.embed(px), reduction="sum").item()
+            total += model(x, y, images=encoder.embed(px), loss_mask=m, reduction="sum").item()
         count += int(m.sum())
     model.train(), encoder.train()
     return total / max(count, 1)
