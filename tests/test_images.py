@@ -282,6 +282,14 @@ def test_digits_and_the_class_stratified_split():
     assert all(i >= 8 for i, _ in held) and not {i for i, _ in held} & {i for i, _ in train}
 
 
+def test_a_real_sets_training_rows_follow_train_scale_up_to_what_its_split_holds(monkeypatch):
+    monkeypatch.setitem(I.TRAIN_SCALE, "digits", 2)
+    count = lambda split, n: sum(1 for _ in I.examples(None, split, n, tasks=("digits",)))  # noqa: E731
+    train_size = 1797 - I.HELDOUT["digits"]
+    assert count("train", 30) == 60 and count("heldout", 30) == 30  # held-out rows are never scaled
+    assert count("train", 1000) == train_size  # 2,000 asked, 1,500 held
+
+
 def fixture_wheel(tmp_path, monkeypatch):
     """A stand-in scikit-image wheel with two photos at their member paths, pinned by its own sha256: "cat" (RGB,
     400x300, a red patch at its subject point, a left-right grey ramp) and "horse" (RGBA, transparent left half)."""
@@ -312,8 +320,9 @@ def test_caption_reads_photos_from_the_wheel_and_makes_views(tmp_path, monkeypat
     assert horse.getpixel((10, 50)) == (255, 255, 255) and horse.getpixel((100, 50)) == (0, 0, 0)
     assert set(I.CAPTIONS) == set(I.REAL["caption"][1]) and all(c.endswith(".") for c in I.CAPTIONS.values())
     rows = {split: list(I.examples(cache, split, 40, seed=0, tasks=("caption",))) for split in I.SPLITS}
+    assert [len(rows[s]) for s in I.SPLITS] == [round(40 * I.TRAIN_SCALE.get("caption", 1)), 40]
     for split, exs in rows.items():
-        assert Counter(e["answer"] for e in exs) == {"cat": 20, "horse": 20}
+        assert Counter(e["answer"] for e in exs) == {"cat": len(exs) // 2, "horse": len(exs) // 2}
         for e in exs:
             assert e["question"] == "What is in this image?" and e["choices"] == list(I.REAL["caption"][1])
             (img,) = e["images"]
@@ -345,9 +354,10 @@ def test_build_rows_split_manifest_and_rebuild(tmp_path):
     tasks = ("colour", "count", "compare")
     m = I.build(tmp_path / "cache", tmp_path / "a", 6, 3, seed=0, log=lambda *a: None, tasks=tasks)
     train, held = read(tmp_path / "a/train.jsonl"), read(tmp_path / "a/heldout.jsonl")
-    assert m["counts"] == {"train": {t: 6 for t in tasks}, "heldout": {t: 3 for t in tasks}}
+    n_train = {t: round(6 * I.TRAIN_SCALE.get(t, 1)) for t in tasks}  # each task's share of the training rows
+    assert m["counts"] == {"train": n_train, "heldout": {t: 3 for t in tasks}}
     for split, rows in (("train", train), ("heldout", held)):
-        assert len(rows) == 6 * 3 if split == "train" else 3 * 3
+        assert len(rows) == (sum(n_train.values()) if split == "train" else 3 * 3)
         for r in rows:
             assert r["split"] == split and r["id"].startswith(f"{r['task']}/{split}/") and r["answer"] in r["choices"]
             (msg,) = r["messages"]

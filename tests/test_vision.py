@@ -176,3 +176,38 @@ def test_masked_loss_reads_out_only_where_the_mask_is_and_matches_the_full_reado
     g_got = torch.autograd.grad(m(x, y, loss_mask=mask), m.lm_head.weight)[0]
     assert torch.allclose(g_got, g_want, atol=1e-6)
 
+
+
+def test_text_anchor_is_the_kl_at_masked_positions_and_pulls_back():
+    """The joint phase's text term: KL(anchor ‖ model) over the masked positions only — zero for the anchor itself,
+    blind to unmasked positions, and a step down its gradient moves a drifted model back toward the anchor."""
+    from nanogpt4.train.vision import kl_to
+    torch.manual_seed(0)
+    anchor = GPT(ModelConfig(vocab_size=256, n_layer=1, n_embd=32, n_head=2, n_kv_head=1, seq_len=16))
+    anchor.init_weights(seed=0)
+    with torch.no_grad():
+        for p in anchor.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    import copy
+    model = copy.deepcopy(anchor)
+    x, mask = torch.randint(0, 256, (2, 12)), torch.zeros(2, 12, dtype=torch.long)
+    mask[:, 6:] = 1
+    assert kl_to(anchor, model, x, mask).item() == pytest.approx(0.0, abs=1e-6)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    kl = kl_to(anchor, model, x, mask)
+    p_a = torch.softmax(anchor(x)[mask.bool()], -1)  # the definition, written out
+    want = (p_a * (p_a.log() - torch.log_softmax(model(x)[mask.bool()], -1))).sum(-1).mean()
+    assert kl.item() > 1e-3 and kl.item() == pytest.approx(want.item(), rel=1e-4)
+    # a causal model: positions after the last masked one cannot matter, the masked ones do
+    y = x.clone()
+    y[:, 11] = (y[:, 11] + 1) % 256
+    assert kl_to(anchor, model, y, mask * (torch.arange(12) < 11)).item() == pytest.approx(
+        kl_to(anchor, model, x, mask * (torch.arange(12) < 11)).item(), rel=1e-6)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(5):
+        opt.zero_grad()
+        kl_to(anchor, model, x, mask).backward()
+        opt.step()
+    assert kl_to(anchor, model, x, mask).item() < 0.5 * kl.item()

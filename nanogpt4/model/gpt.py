@@ -293,8 +293,9 @@ class GPT(nn.Module):
         """idx (B,T) token ids; images (n_placeholders, n_embd) row-major over placeholder positions; cache: a
         KVCache (or a `rows(...)` view of one) whose rows continue from their own lengths; returns logits (B,T,V),
         or only at position logits_at[b] of each row (B,V), or, with targets, the mean cross-entropy
-        (ignore_index -1; with loss_mask, over the positions where it is 1, read out there alone); `features`: the final normalised hidden states instead of logits (B,T,C), what the
-        reward model's and the value function's scalar heads read."""
+        (ignore_index -1; with loss_mask, over the positions where it is 1, read out there alone); `features`:
+        the final normalised hidden states instead of logits (B,T,C), what the reward model's and the value
+        function's scalar heads read."""
         B, T = idx.shape
         if cache is None:
             if T > self.cfg.seq_len:

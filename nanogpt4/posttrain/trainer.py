@@ -3,6 +3,7 @@ check, the optimizer with the base run's muP groups, the learning-rate decay, bf
 the newest verified checkpoint (metrics logged after it are dropped, to be logged again), the batch order and the
 metrics log."""
 import contextlib
+import functools
 import json
 import random
 import shutil
@@ -94,9 +95,16 @@ def batch(data, step, size, seed):
     """The conversations of batch number `step`: epoch after epoch, each a permutation seeded by (seed, epoch)."""
     per_epoch = max(1, len(data) // size)
     epoch, i = divmod(step, per_epoch)
-    order = list(range(len(data)))
-    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    order = permutation(len(data), seed * 1_000_003 + epoch)
     return [data[j] for j in order[i * size:(i + 1) * size]]
+
+
+@functools.lru_cache(maxsize=4)
+def permutation(n, seed):
+    """range(n) shuffled by Random(seed), made once per epoch (12 ms at 38,500 rows: 4% of a vision step)."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return tuple(order)
 
 
 def log(path, rec):
