@@ -181,6 +181,7 @@ def test_masked_loss_reads_out_only_where_the_mask_is_and_matches_the_full_reado
 def test_text_anchor_is_the_kl_at_masked_positions_and_pulls_back():
     """The joint phase's text term: KL(anchor ‖ model) over the masked positions only — zero for the anchor itself,
     blind to unmasked positions, and a step down its gradient moves a drifted model back toward the anchor."""
+    from nanogpt4.posttrain import trainer
     from nanogpt4.train.vision import kl_to
     torch.manual_seed(0)
     anchor = GPT(ModelConfig(vocab_size=256, n_layer=1, n_embd=32, n_head=2, n_kv_head=1, seq_len=16))
@@ -188,8 +189,7 @@ def test_text_anchor_is_the_kl_at_masked_positions_and_pulls_back():
     with torch.no_grad():
         for p in anchor.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-    import copy
-    model = copy.deepcopy(anchor)
+    model = trainer.frozen(anchor).train().requires_grad_(True)
     x, mask = torch.randint(0, 256, (2, 12)), torch.zeros(2, 12, dtype=torch.long)
     mask[:, 6:] = 1
     assert kl_to(anchor, model, x, mask).item() == pytest.approx(0.0, abs=1e-6)

@@ -90,9 +90,7 @@ def train(sft_run, rm_run, prompts_path, out, steps=60, prompts_per_step=16, max
                temperature=temperature)
     b = trainer.setup(sft_run, prompts_path, out, cfg, resume, kind="rlhf")
     out, tok, policy = Path(out), b.tok, b.model.train()
-    reference = R.RewardModel(policy.cfg).trunk  # a second GPT with the SFT weights, frozen
-    reference.load_state_dict(policy.state_dict())
-    reference.eval().requires_grad_(False)
+    reference = trainer.frozen(policy)  # the SFT weights, frozen
     value = Value(policy.cfg.n_embd)
     prompts = [p for p in iter_jsonl(prompts_path) if p.get("split", "train") == "train"
                and len(chat.render(tok, p["messages"]).ids) + max_tokens <= policy.cfg.seq_len]

@@ -3,6 +3,7 @@ check, the optimizer with the base run's muP groups, the learning-rate decay, bf
 the newest verified checkpoint (metrics logged after it are dropped, to be logged again), the batch order and the
 metrics log."""
 import contextlib
+import copy
 import functools
 import json
 import random
@@ -58,6 +59,11 @@ def decay(opt, step, steps):
     """Linear decay to 10% of each group's initial rate: short runs, no warmup needed."""
     for g in opt.param_groups:
         g["lr"] = g["initial_lr"] * (1 - 0.9 * step / steps)
+
+
+def frozen(model):
+    """A copy of `model` as it is now, in eval mode and without gradients: PPO's reference, the vision anchor."""
+    return copy.deepcopy(model).eval().requires_grad_(False)
 
 
 def autocast(dtype):

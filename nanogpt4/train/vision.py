@@ -19,7 +19,6 @@ normalised match, with stderr, chance, and the best text-only baseline: the same
 without the images, and the majority answer of the training set. The held-out text loss (SFT's held-out
 conversations, assistant tokens) is measured before and after.
 """
-import copy
 import json
 import shutil
 import time
@@ -102,7 +101,7 @@ def train(base, data_dir, text_path, out, align_steps=200, joint_steps=2400, bat
     text_held, _ = text_examples(tok, text_path, seq_len, "heldout")
     if len(data) < batch_size:
         raise UserError(f"{data_dir}: {len(data)} training rows fit the context, fewer than a batch")
-    anchor = copy.deepcopy(model).requires_grad_(False).eval()  # the chat model as it came: the text anchor
+    anchor = trainer.frozen(model)  # the chat model as it came: the text anchor
     opt = trainer.optimizer(model, decoder_lr, b.config, heads=[])
     opt.add_param_group(dict(params=list(encoder.parameters()), lr=lr, initial_lr=lr, weight_decay=0.0))
     cast, pad, metrics = trainer.autocast(dtype), tok.eot_id, out / "metrics.jsonl"
