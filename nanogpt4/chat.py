@@ -4,7 +4,8 @@ Each turn is `<|role|>` [name: ] content `<|end|>` with the tokenizer's own role
 a role is never folded into another turn's text). `render` can end with an open assistant turn (plus a prefix the
 answer must continue) to generate from, and returns a loss mask that is 1 exactly on assistant content and its
 closing `<|end|>`, what SFT trains on. Image content parts become `<|image|>` placeholders (as many per image as
-the caller's vision model costs; the model splices image embeddings in at them). Special-token strings inside
+the caller's vision model costs, with its tile markers: model/vision.py `see`; the model splices image embeddings
+in at them). Special-token strings inside
 content are encoded as plain text, so a user cannot forge a turn.
 
 Base models have no chat format: `to_plain_text` is openai/evals' rendering of messages as "Role: content" lines.
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from .common import UserError
 
 ROLES = ("system", "user", "assistant")
+DETAILS = ("auto", "low", "high")  # an image part's optional detail, as in OpenAI's API
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # OpenAI's rule for a participant's name
 
 
@@ -44,10 +46,12 @@ def parts(content, where):
         kind = p.get("type") if isinstance(p, dict) else None
         if kind == "text" and isinstance(p.get("text"), str):
             continue
-        if kind == "image_url" and isinstance(p.get("image_url"), dict) and isinstance(p["image_url"].get("url"), str):
+        if kind == "image_url" and isinstance(p.get("image_url"), dict) and isinstance(p["image_url"].get("url"), str) \
+                and p["image_url"].get("detail", "auto") in DETAILS:
             continue
         raise ChatError(f"{where}.content[{i}]: expected {{'type': 'text', 'text': str}} or "
-                        f"{{'type': 'image_url', 'image_url': {{'url': str}}}}, got {p!r:.80}")
+                        f"{{'type': 'image_url', 'image_url': {{'url': str, 'detail'?: 'auto' | 'low' | 'high'}}}}, "
+                        f"got {p!r:.80}")
     return content
 
 
@@ -69,9 +73,11 @@ def validate(messages):
     return messages
 
 
-def render(tok, messages, generate=True, prefix="", image_tokens=1):
+def render(tok, messages, generate=True, prefix="", image=1):
     """Token ids and loss mask of a conversation. `generate`: end with an open assistant turn (and `prefix`, text
-    the answer starts with) for the model to continue; otherwise the conversation is complete (training)."""
+    the answer starts with) for the model to continue; otherwise the conversation is complete (training). `image`:
+    the placeholders of each image part (an int), or a function part → its layout, a list of runs of placeholders
+    (ints) and marker texts (strs), called on the image parts in order (model/vision.py `see_part`)."""
     validate(messages)
     if prefix and not generate:
         raise ChatError("an assistant prefix needs generate=True")
@@ -85,7 +91,9 @@ def render(tok, messages, generate=True, prefix="", image_tokens=1):
             if p["type"] == "text":
                 body = tok.encode(p["text"])
             else:
-                body = [tok.special("image")] * image_tokens
+                body = []
+                for x in image(p) if callable(image) else [image]:
+                    body += tok.encode(x) if isinstance(x, str) else [tok.special("image")] * x
                 out.images.append(p)
             out.ids += body
             out.mask += [train] * len(body)

@@ -45,7 +45,7 @@ def test_special_token_text_in_content_cannot_forge_a_turn(tok):
 def test_image_parts_become_placeholders(tok):
     img = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
     msgs = [{"role": "user", "content": [{"type": "text", "text": "What is"}, img, {"type": "text", "text": "?"}, img]}]
-    r = chat.render(tok, msgs, image_tokens=3)
+    r = chat.render(tok, msgs, image=3)
     assert r.ids.count(tok.special("image")) == 6 and r.images == [img, img]
     i = r.ids.index(tok.special("image"))
     assert r.ids[i - len(tok.encode("What is")):i] == tok.encode("What is")

@@ -265,7 +265,7 @@ def test_attached_image_goes_to_a_vision_model(browser, server, tmp_path):
     sent += [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": src}},
                                           {"type": "text", "text": "What colour is it?"}]}]
     (row,) = usage_rows(server, server["image_key_id"])
-    assert row[1] == VISION and row[2] == len(chat.render(server["tok"], sent, image_tokens=16).ids)  # image tokens billed
+    assert row[1] == VISION and row[2] == len(chat.render(server["tok"], sent, image=16).ids)  # image tokens billed
     browser.refresh()  # the conversation, image included, is restored
     until(browser, lambda d: d.execute_script("return !!document.querySelector('#messages .msg.user img')"),
           "the image was not restored after a reload")

@@ -66,10 +66,12 @@ def n_shapes(img):
 def test_generator_format_answers_and_determinism(task):
     exs = make(task)
     for ex in exs:
-        assert set(ex) == {"task", "images", "question", "answer", "choices"} and ex["task"] == task
+        assert set(ex) - {"followups"} == {"task", "images", "question", "answer", "choices"} and ex["task"] == task
+        assert all(a in ex["choices"] for _, a in ex.get("followups", []))
         assert ex["answer"] in ex["choices"] and len(set(ex["choices"])) == len(ex["choices"])
         assert len(ex["images"]) == (2 if task == "compare" else 1)
-        assert all(im.mode == "RGB" and im.size == (I.SIZE, I.SIZE) for im in ex["images"])
+        side = 2 * I.PANEL if task == "panels" else I.SIZE  # multi-panel images are large: seen tiled
+        assert all(im.mode == "RGB" and im.size == (side, side) for im in ex["images"])
     choices = {c for ex in exs for c in ex["choices"]}
     answers = {ex["answer"] for ex in exs}
     assert len(answers) >= (len(choices) / 2 if len(choices) <= 20 else 30)  # text: 150 choices, 50 draws
@@ -143,14 +145,26 @@ def test_chart_answers_match_the_bars():
 
 
 def test_panels_answer_is_the_asked_panels_colour():
-    for ex in make("panels", 100):
+    for n, ex in enumerate(make("panels", 100)):
         a = pixels(ex["images"][0])
+        train, held = I.row(ex, "train", n), I.row(ex, "heldout", n)
+        assert len(held["messages"]) == 1 and held["answer"] == ex["answer"]
+        turns = train["messages"] + [{"role": "assistant", "content": train["answer"]}]
+        asked = [(t["content"] if isinstance(t["content"], str) else t["content"][0]["text"], a_["content"])
+                 for t, a_ in zip(turns[::2], turns[1::2])]
+        assert asked[0] == (ex["question"], ex["answer"]) and len({q for q, _ in asked}) == 4  # every panel once
+        for q, answer in asked:
+            i = I.PANELS.index(re.search(r"the ([\w-]+) panel", q).group(1))
+            x0, y0 = I.PANEL * (i % 2), I.PANEL * (i // 2)
+            cell = a[y0 + 3:y0 + I.PANEL - 3, x0 + 3:x0 + I.PANEL - 3]
+            assert colour_of(cell, saturated(cell)) == answer
         i = I.PANELS.index(re.search(r"the ([\w-]+) panel", ex["question"]).group(1))
-        x0, y0 = 32 * (i % 2), 32 * (i // 2)
-        cell = a[y0 + 2:y0 + 30, x0 + 2:x0 + 30]
+        assert a.shape[:2] == (2 * I.PANEL, 2 * I.PANEL)
+        x0, y0 = I.PANEL * (i % 2), I.PANEL * (i // 2)
+        cell = a[y0 + 3:y0 + I.PANEL - 3, x0 + 3:x0 + I.PANEL - 3]
         assert colour_of(cell, saturated(cell)) == ex["answer"]
-        assert len({colour_of(a[y:y + 32, x:x + 32], saturated(a[y:y + 32, x:x + 32]))
-                    for y in (0, 32) for x in (0, 32)}) == 4
+        assert len({colour_of(a[y:y + I.PANEL, x:x + I.PANEL], saturated(a[y:y + I.PANEL, x:x + I.PANEL]))
+                    for y in (0, I.PANEL) for x in (0, I.PANEL)}) == 4
 
 
 def test_compare_answers_match_both_images():
@@ -360,7 +374,11 @@ def test_build_rows_split_manifest_and_rebuild(tmp_path):
         assert len(rows) == (sum(n_train.values()) if split == "train" else 3 * 3)
         for r in rows:
             assert r["split"] == split and r["id"].startswith(f"{r['task']}/{split}/") and r["answer"] in r["choices"]
-            (msg,) = r["messages"]
+            msg, *more = r["messages"]
+            if r["task"] == "panels" and split == "train":  # all four panels asked in turn, each answered
+                assert [m["role"] for m in more] == ["assistant", "user"] * 3
+            else:
+                assert more == []
             *imgs, q = msg["content"]
             assert msg["role"] == "user" and q["type"] == "text" and q["text"].endswith("?")
             assert len(imgs) == (2 if r["task"] == "compare" else 1)
@@ -368,7 +386,7 @@ def test_build_rows_split_manifest_and_rebuild(tmp_path):
                 url = part["image_url"]["url"]
                 assert part["type"] == "image_url" and url.startswith("data:image/png;base64,")
                 img = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
-                assert img.size == (64, 64) and img.mode == "RGB"
+                assert img.size == ((128, 128) if r["task"] == "panels" else (64, 64)) and img.mode == "RGB"
     assert len({r["id"] for r in train + held}) == len(train) + len(held)
     assert not set().union(*map(I.image_urls, train)) & set().union(*map(I.image_urls, held))
     for name, digest in m["files"].items():

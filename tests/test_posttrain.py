@@ -76,6 +76,25 @@ def test_sft_refuses_image_conversations_clearly(local_run, tmp_path):
         sft.train(local_run, path, tmp_path / "sft", steps=1, batch_size=1, dtype="float32", quiet=True)
 
 
+def test_length_grouped_batches_cover_each_epoch_once_and_pad_less():
+    from nanogpt4.posttrain import trainer
+    rng = random.Random(0)
+    data = list(range(1000))
+    lengths = tuple(rng.choice((28, 33, 33, 120)) for _ in data)  # two short kinds of row, a quarter long
+    per_epoch = len(data) // 8
+    plain = [trainer.batch(data, s, 8, 0) for s in range(per_epoch)]
+    grouped = [trainer.batch(data, s, 8, 0, lengths) for s in range(per_epoch)]
+    assert all(len(b) == 8 for b in grouped) and len({j for b in grouped for j in b}) == 8 * per_epoch  # no repeats
+    padded_tokens = lambda bs: sum(8 * max(lengths[j] for j in b) for b in bs)  # noqa: E731
+    assert padded_tokens(grouped) < 0.5 * padded_tokens(plain)  # long rows batch together instead of everywhere
+    assert grouped[:3] == [trainer.batch(data, s, 8, 0, lengths) for s in range(3)]  # a function of seed and step
+    assert trainer.batch(data, per_epoch, 8, 0, lengths) != grouped[0]  # each epoch its own order
+    short = [{lengths[j] for j in b} for b in grouped if max(lengths[j] for j in b) < 100]
+    assert sum(kinds == {28, 33} for kinds in short) > 0.8 * len(short)  # like lengths still mix (tasks mix)
+    long = [i for i, b in enumerate(grouped) if max(lengths[j] for j in b) > 100]
+    assert long[-1] - long[0] + 1 > len(long)  # the batches of long rows are spread over the epoch, not one block
+
+
 def test_safety_share_keeps_that_share_of_refusals_only():
     rows = [dict(id=f"x/{i}", category=c) for i in range(2000) for c in ("disallowed", "chat")]
     for share in (0.0, 0.1, 0.5):

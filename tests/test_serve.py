@@ -17,6 +17,7 @@ import pytest
 
 from nanogpt4 import chat, runs
 from nanogpt4.cli import main as cli
+from nanogpt4.model import vision
 from nanogpt4.serve import api, db as state, keys, limits, models as M, monitor, usage
 
 
@@ -156,14 +157,15 @@ def test_bad_requests_get_openai_errors(client, kw, param, code):
     assert e.value.body["type"] == "invalid_request_error" and e.value.body["message"]
 
 
-def image_part(colour=(200, 30, 30), fmt="PNG", cut=None):
+def image_part(colour=(200, 30, 30), fmt="PNG", cut=None, size=(40, 30), **detail):
     import base64
     import io
     from PIL import Image
     buf = io.BytesIO()
-    Image.new("RGB", (40, 30), colour).save(buf, fmt)
+    Image.new("RGB", size, colour).save(buf, fmt)
     data = buf.getvalue()[:cut]
-    return {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(data).decode()}}
+    return {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(data).decode(),
+                                               **detail}}
 
 
 def test_vision_model_reads_images_and_counts_their_tokens(client, server):
@@ -174,7 +176,7 @@ def test_vision_model_reads_images_and_counts_their_tokens(client, server):
     msgs, red = ask(image_part())
     s = server["served"]["vision-20261201"]
     assert s.vision.cfg.tokens == 16
-    rendered = chat.render(s.tok, msgs, image_tokens=16)  # usage counts each image's placeholder tokens
+    rendered = chat.render(s.tok, msgs, image=16)  # usage counts each image's placeholder tokens
     assert red.usage.prompt_tokens == len(rendered.ids) == len(chat.render(s.tok, msgs).ids) + 15
     _, blue = ask(image_part((30, 30, 200)))
     _, red_again = ask(image_part())
@@ -182,6 +184,18 @@ def test_vision_model_reads_images_and_counts_their_tokens(client, server):
     assert first(red) == first(red_again) and first(red) != first(blue)  # the answer depends on the pixels
     _, two = ask(image_part(), image_part((30, 30, 200)))
     assert two.usage.prompt_tokens == red.usage.prompt_tokens + 16
+    with pytest.raises(openai.BadRequestError) as e:  # large: 2 × 2 tiles, each after "row r, column c:"; the
+        ask(image_part(size=(300, 200)))  # 64 placeholders + markers overflow this test model's 128 tokens
+    markers = sum(len(s.tok.encode(f"row {r}, column {c}:")) for r in (1, 2) for c in (1, 2))
+    big = [{"role": "user", "content": [image_part(size=(300, 200)), {"type": "text", "text": "What colour?"}]}]
+    assert len(vision.render(s.tok, big, s.vision.cfg)[0].ids) == red.usage.prompt_tokens + 3 * 16 + markers
+    assert e.value.body["code"] == "context_length_exceeded"
+    assert f"{red.usage.prompt_tokens + 3 * 16 + markers} in the prompt" in e.value.body["message"]
+    _, low = ask(image_part(size=(300, 200), detail="low"))  # OpenAI's detail: "low" is one view
+    assert low.usage.prompt_tokens == red.usage.prompt_tokens
+    with pytest.raises(openai.BadRequestError) as e:
+        ask(image_part(detail="ultra"))
+    assert e.value.body["param"] == "messages" and "detail" in e.value.body["message"]
     bad = {"https://example.com/cat.png": "no network", "data:image/png;base64,@@": "malformed"}
     for url, why in bad.items():
         with pytest.raises(openai.BadRequestError) as e:

@@ -16,7 +16,7 @@ from nanogpt4 import chat, runs
 from nanogpt4.common import UserError
 from nanogpt4.engine import Engine, SamplingParams
 from nanogpt4.model.gpt import GPT, ModelConfig
-from nanogpt4.model.vision import ImageError, VisionConfig, VisionEncoder, letterbox, load_image, pixels
+from nanogpt4.model.vision import ImageError, VisionConfig, VisionEncoder, letterbox, load_image, normalise, see
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220)}
 
@@ -91,11 +91,49 @@ def test_encoder_token_count_is_known_and_letterbox_keeps_aspect():
     cfg = VisionConfig.for_decoder(ModelConfig(n_embd=256, n_layer=4))
     assert (cfg.width, cfg.depth, cfg.tokens, cfg.out_dim) == (128, 2, 16, 256)
     enc = VisionEncoder(cfg)
-    out = enc(pixels([Image.new("RGB", (64, 64)), Image.new("RGB", (200, 50))], cfg.image_size))
-    assert out.shape == (2, cfg.tokens, 256)
+    views = torch.cat([see(cfg, Image.new("RGB", (64, 64)))[1], see(cfg, Image.new("RGB", (200, 50)), "low")[1]])
+    assert enc(normalise(views)).shape == (2, cfg.tokens, 256)
     box = letterbox(Image.new("RGB", (64, 32), (255, 0, 0)), 64)  # wide image: grey bands above and below
     assert box.shape == (3, 64, 64) and box[:, 0, 0].tolist() == [128, 128, 128]
     assert box[:, 32, 32].tolist() == [255, 0, 0]
+
+
+def test_large_images_are_tiled_with_row_and_column_markers(local_run):
+    cfg = VisionConfig()  # 64-pixel views of 16 tokens, at most 2 × 2 tiles
+    img = Image.new("RGB", (128, 128), (128, 128, 128))
+    quads = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
+    for i, rgb in enumerate(quads):  # a distinct colour in each quarter
+        img.paste(Image.new("RGB", (64, 64), rgb), (64 * (i % 2), 64 * (i // 2)))
+    layout, views = see(cfg, img)
+    assert layout == ["row 1, column 1:", 16, "row 1, column 2:", 16, "row 2, column 1:", 16, "row 2, column 2:", 16]
+    assert views.shape == (4, 3, 64, 64) and views.dtype == torch.uint8
+    assert [views[i, :, 32, 32].tolist() for i in range(4)] == [list(q) for q in quads]  # tiles in reading order
+    low = see(cfg, img, "low")
+    assert low[0] == [16] and len(low[1]) == 1 and low[1][0, :, 16, 16].tolist() == list(quads[0])  # shrunk whole
+    assert see(cfg, Image.new("RGB", (127, 90)))[0] == [16]  # "auto": tiles only from twice the view's side
+    assert cfg.tiles(127, 90, "high") == (2, 2) and cfg.tiles(300, 64, "high") == (1, 2)
+    assert cfg.layout(1, 2) == ["row 1, column 1:", 16, "row 1, column 2:", 16]
+    assert cfg.tiles(4000, 3000, "high") == (2, 2) and cfg.tiles(40, 30, "high") == (1, 1)
+    with pytest.raises(ImageError, match="detail must be"):
+        cfg.tiles(64, 64, "medium")
+    # the chat rendering: the markers are plain text, the placeholders as many as the layout's runs
+    tok = runs.load(local_run, device="cpu").tok
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    msgs = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}]
+    from nanogpt4.model import vision as V
+    r, seen = V.render(tok, msgs, cfg)
+    assert r.ids.count(tok.special("image")) == 64 and len(seen) == 1 and seen[0].shape[0] == 4
+    assert tok.decode([i for i in r.ids if i != tok.special("image")]).count("row 2, column 1:") == 1
+    low = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url, "detail": "low"}}]}]
+    assert V.render(tok, low, cfg)[0].ids.count(tok.special("image")) == 16
+    with pytest.raises(chat.ChatError, match="detail"):
+        chat.render(tok, [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url,
+                                                                                            "detail": "max"}}]}])
+    with pytest.raises(ImageError, match="image 2: .*no network"):
+        V.render(tok, [{"role": "user", "content": msgs[0]["content"] + [
+            {"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}], cfg)
 
 
 def test_engine_splices_image_embeddings(local_run):
@@ -107,7 +145,7 @@ def test_engine_splices_image_embeddings(local_run):
     model.eval()
     msgs = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}},
                                          {"type": "text", "text": "what?"}]}]
-    ids = chat.render(tok, msgs, image_tokens=4).ids
+    ids = chat.render(tok, msgs, image=4).ids
     engine = Engine(model, tok, max_rows=4)
     params = SamplingParams(max_tokens=6, temperature=0.0, logprobs=0)
     a, b = torch.randn(4, cfg.n_embd) * 3, torch.randn(4, cfg.n_embd) * 3
@@ -211,3 +249,45 @@ def test_text_anchor_is_the_kl_at_masked_positions_and_pulls_back():
         kl_to(anchor, model, x, mask).backward()
         opt.step()
     assert kl_to(anchor, model, x, mask).item() < 0.5 * kl.item()
+
+
+def test_registry_image_paths_are_inlined_as_data_urls(tmp_path):
+    from nanogpt4.evals.completion import inline
+    Image.new("RGB", (20, 10), (0, 200, 0)).save(tmp_path / "g.png")
+    Image.new("RGB", (20, 10), (0, 0, 200)).save(tmp_path / "b.jpg")
+    prompt = [{"role": "system", "content": "Answer."},
+              {"role": "user", "content": [{"type": "image_url", "image_url": {"url": str(tmp_path / "g.png")}},
+                                           {"type": "image_url", "image_url": {"url": f"file://{tmp_path}/b.jpg",
+                                                                               "detail": "low"}},
+                                           {"type": "text", "text": "Colours?"}]}]
+    out = inline(prompt)
+    g, b, q = out[1]["content"]
+    assert g["image_url"]["url"].startswith("data:image/png;base64,") and load_image(g["image_url"]["url"]).size == (20, 10)
+    assert b["image_url"]["url"].startswith("data:image/jpeg;base64,") and b["image_url"]["detail"] == "low"
+    assert load_image(b["image_url"]["url"]).getpixel((10, 5))[2] > 150
+    assert q == prompt[1]["content"][2] and out[0] == prompt[0]
+    assert prompt[1]["content"][0]["image_url"]["url"] == str(tmp_path / "g.png")  # the sample itself is untouched
+
+
+def test_regional_compile_keeps_losses_gradients_and_checkpoint_keys():
+    """`nanogpt4 vision --compile` compiles each decoder block in place (dynamic shapes: rows of every length):
+    the same loss and gradients as eager at two row lengths, and the same state_dict keys (checkpoints load)."""
+    import copy
+    torch.manual_seed(0)
+    eager = GPT(ModelConfig(vocab_size=256, n_layer=2, n_embd=32, n_head=2, n_kv_head=1, seq_len=32))
+    eager.init_weights(seed=0)
+    with torch.no_grad():
+        for p in eager.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    compiled = copy.deepcopy(eager)
+    for block in compiled.blocks:
+        block.compile(dynamic=True)
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    for T in (12, 29):
+        x, y = torch.randint(0, 256, (3, T)), torch.randint(0, 256, (3, T))
+        mask = (torch.rand(3, T) > 0.5).long()
+        want, got = eager(x, y, loss_mask=mask), compiled(x, y, loss_mask=mask)
+        assert got.item() == pytest.approx(want.item(), rel=1e-4)
+        g_want = torch.autograd.grad(want, eager.blocks[0].parameters())
+        g_got = torch.autograd.grad(got, compiled.blocks[0].parameters())
+        assert all(torch.allclose(a, b, atol=1e-5, rtol=1e-3) for a, b in zip(g_got, g_want))

@@ -16,8 +16,27 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import chat, runs
+from ..model import vision
 from ..chat import is_chat
 from ..engine import Engine, SamplingParams, prompt_ids
+
+
+def inline(prompt):
+    """A chat prompt whose image parts given as local paths (registry samples: "path" or "file://path") become
+    data URLs, as the server would receive them."""
+    import base64
+    import mimetypes
+    from pathlib import Path
+
+    def part(p):
+        url = p["image_url"]["url"] if p.get("type") == "image_url" else "data:"
+        if url.startswith("data:"):
+            return p
+        path = Path(url.removeprefix("file://"))
+        mime = mimetypes.guess_type(path.name)[0] or "image/png"
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        return dict(p, image_url=dict(p["image_url"], url=f"data:{mime};base64,{data}"))
+    return [dict(m, content=[part(p) for p in m["content"]]) if isinstance(m["content"], list) else m for m in prompt]
 
 
 @dataclass
@@ -64,24 +83,20 @@ class LocalCompletion:
         """(ids, tokens cut, image embeddings or None) of a prompt. A vision model's chat prompt gets its images'
         placeholders and embeddings, and is never cut (that would cut images apart); a text model refuses images."""
         if is_chat(prompt) and self.chat_template:
-            r = chat.render(self.tok, prompt, image_tokens=self.vision.cfg.tokens if self.vision else 1)
+            if self.vision is None:
+                r, views = chat.render(self.tok, prompt), None
+            else:
+                r, views = vision.render(self.tok, inline(prompt), self.vision.cfg)
             if r.images:
-                return r.ids, 0, self.embed(r.images)
+                if self.vision is None:
+                    raise ValueError(f"{self.name} is not a vision model: it cannot read image inputs")
+                return r.ids, 0, self.vision.embed_views(views)
             cut = max(0, len(r.ids) - limit)
             return r.ids[cut:], cut, None
         if is_chat(prompt) and any(p.get("type") == "image_url" for m in prompt if isinstance(m["content"], list)
                                    for p in m["content"]):
             raise ValueError(f"{self.name}: image inputs need a vision model with its chat format")
         return *prompt_ids(self.tok, chat.to_plain_text(prompt) if is_chat(prompt) else prompt, limit), None
-
-    def embed(self, parts):
-        """Embeddings of image parts whose url is a data URL or a local file path (registry samples)."""
-        from pathlib import Path
-        if self.vision is None:
-            raise ValueError(f"{self.name} is not a vision model: it cannot read image inputs")
-        urls = [p["image_url"]["url"] for p in parts]
-        return self.vision.embed_images([u if u.startswith("data:") else Path(u.removeprefix("file://")).read_bytes()
-                                         for u in urls])
 
     def __call__(self, prompt, max_tokens=256, temperature=0.0, n=1, stop=None, seed=None, logprobs=False,
                  top_p=1.0, top_k=0, **_):

@@ -4,12 +4,17 @@ A ViT trained from scratch (Dosovitskiy et al. 2021): a patch embedding, learned
 column table, summed: 2·g vectors instead of g² for a g×g grid), pre-norm blocks of bidirectional attention and a
 GELU MLP. The projector (as in LLaVA-1.5 / nanoVLM) pixel-shuffles each s×s group of patch features into one
 vector (SmolVLM/Idefics3: s² fewer tokens, no information dropped) and maps it with a two-layer MLP into the
-decoder's width. An image therefore costs `tokens` placeholders, known before any forward pass (the API counts it
-in `usage`): (image_size / patch / shuffle)² = 16 at the defaults.
+decoder's width. A view of an image costs `tokens` placeholders: (image_size / patch / shuffle)² = 16 at the defaults.
 
-Images of any size are letterboxed to image_size × image_size (aspect kept, padded grey); `load_image` turns bytes
-or a `data:` URL into a checked RGB Pillow image (malformed, truncated, oversized, decompression-bomb and
-unsupported images are a clear ImageError, never a crash).
+Images of any size are seen as one view letterboxed to image_size × image_size (aspect kept, padded grey) or, when
+large (OpenAI's `detail`: "high", or "auto" with a side ≥ 2 × image_size), tiled as in LLaVA-NeXT and Idefics3:
+up to max_tiles × max_tiles tiles in reading order, each after a text marker "row r, column c:" — so a tile's place
+in the picture is in the prompt's words, not only in the encoder (markers in the words of the questions, "top
+left:", learned slower in a pilot; the two models' whole-image thumbnail before the tiles is left out: 16 more
+tokens a tiled image for nothing the multi-panel task needed, NOTES.md). `see` gives an image's
+layout (placeholders and markers, what chat.render writes: the cost is known before any forward pass and the API
+counts it in `usage`) and its views. `load_image` turns bytes or a `data:` URL into a checked RGB Pillow image
+(malformed, truncated, oversized, decompression-bomb and unsupported images are a clear ImageError, never a crash).
 """
 import base64
 import binascii
@@ -21,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import chat
 from ..common import UserError
 
 MAX_BYTES = 5 * 2 ** 20  # an encoded image larger than this is refused before decoding
@@ -42,6 +48,7 @@ class VisionConfig:
     n_head: int = 4
     shuffle: int = 2
     out_dim: int = 256  # the decoder's n_embd
+    max_tiles: int = 2  # tiles per side of a large image
 
     @classmethod
     def for_decoder(cls, cfg):
@@ -62,11 +69,28 @@ class VisionConfig:
         """Placeholder tokens per image."""
         return (self.grid // self.shuffle) ** 2
 
+    def tiles(self, width, height, detail="auto"):
+        """(rows, columns) of tiles for an image of width × height: one per image_size of a side, rounded up, at
+        most max_tiles; (1, 1) (one view, no tiles) for detail "low" and for "auto" unless a side is at least
+        twice image_size (the generated 64-pixel images stay one view)."""
+        if detail not in chat.DETAILS:
+            raise ImageError(f"detail must be one of {', '.join(chat.DETAILS)}, got {detail!r}")
+        if detail == "low" or (detail == "auto" and max(width, height) < 2 * self.image_size):
+            return 1, 1
+        side = lambda n: min(self.max_tiles, max(1, -(-n // self.image_size)))  # noqa: E731
+        return side(height), side(width)
+
+    def layout(self, rows, cols):
+        """An image's part of the prompt: ints are runs of placeholders, strings are marker text."""
+        if (rows, cols) == (1, 1):
+            return [self.tokens]
+        return [x for r in range(rows) for c in range(cols) for x in (f"row {r + 1}, column {c + 1}:", self.tokens)]
+
     def to_dict(self):
         return asdict(self)
 
     def validate(self):
-        if self.image_size % self.patch or self.grid % self.shuffle or self.width % self.n_head:
+        if self.image_size % self.patch or self.grid % self.shuffle or self.width % self.n_head or self.max_tiles < 1:
             raise ValueError(f"bad vision layout: {self}")
         return self
 
@@ -120,11 +144,11 @@ class VisionEncoder(nn.Module):
         return self(pixels).reshape(-1, self.cfg.out_dim)
 
     @torch.no_grad()
-    def embed_images(self, sources):
-        """`embed` of images given as Pillow images, bytes or data URLs (checked by `load_image`), on this
-        encoder's device and dtype: what the server and the evals hand the engine."""
+    def embed_views(self, views):
+        """`embed` of the views of some images (uint8 tensors from `see`), in order, on this encoder's device and
+        dtype: what the server and the evals hand the engine."""
         w = next(self.parameters())
-        return self.embed(pixels(sources, self.cfg.image_size).to(w.device, w.dtype))
+        return self.embed(normalise(torch.cat(views)).to(w.device, w.dtype))
 
 
 # ----------------------------------------------------------------------------- preprocessing
@@ -187,8 +211,34 @@ def normalise(u8):
     return u8.float() / 127.5 - 1.0
 
 
-def pixels(sources, size):
-    """(N, 3, size, size) encoder input from image bytes / data URLs / Pillow images."""
+def see(cfg, source, detail="auto"):
+    """How the encoder of `cfg` sees an image (Pillow image, bytes or data URL): its layout in the prompt
+    (`VisionConfig.layout`) and its views as uint8 (k, 3, S, S): the image letterboxed, or its tiles in reading
+    order (the image cut into rows × cols equal parts, each letterboxed)."""
     from PIL import Image
-    imgs = [s if isinstance(s, Image.Image) else load_image(s) for s in sources]
-    return normalise(torch.stack([letterbox(i, size) for i in imgs])) if imgs else torch.zeros(0, 3, size, size)
+    img = source if isinstance(source, Image.Image) else load_image(source)
+    rows, cols = cfg.tiles(img.width, img.height, detail)
+    if (rows, cols) == (1, 1):
+        return cfg.layout(1, 1), letterbox(img, cfg.image_size)[None]
+    views = []
+    for r in range(rows):
+        for c in range(cols):
+            box = (c * img.width // cols, r * img.height // rows, (c + 1) * img.width // cols,
+                   (r + 1) * img.height // rows)
+            views.append(letterbox(img.crop(box), cfg.image_size))
+    return cfg.layout(rows, cols), torch.stack(views)
+
+
+def render(tok, messages, cfg, **kw):
+    """chat.render for the encoder of `cfg`: (the rendering with each image's placeholders and markers, the views
+    of its images in placeholder order). An image that cannot be read is an ImageError naming which one."""
+    views = []
+
+    def image(part):
+        try:
+            layout, v = see(cfg, part["image_url"]["url"], part["image_url"].get("detail", "auto"))
+        except ImageError as e:
+            raise ImageError(f"image {len(views) + 1}: {e}") from None
+        views.append(v)
+        return layout
+    return chat.render(tok, messages, image=image, **kw), views

@@ -97,12 +97,33 @@ def resume(out, resuming, parts, opt, root="ckpt"):
     return step
 
 
-def batch(data, step, size, seed):
-    """The conversations of batch number `step`: epoch after epoch, each a permutation seeded by (seed, epoch)."""
+def batch(data, step, size, seed, lengths=None):
+    """The conversations of batch number `step`: epoch after epoch, each a permutation seeded by (seed, epoch);
+    with `lengths` (a tuple, one per row) the permutation grouped by length (`grouped`)."""
     per_epoch = max(1, len(data) // size)
     epoch, i = divmod(step, per_epoch)
-    order = permutation(len(data), seed * 1_000_003 + epoch)
+    key = seed * 1_000_003 + epoch
+    order = permutation(len(data), key) if lengths is None else grouped(lengths, size, key)
     return [data[j] for j in order[i * size:(i + 1) * size]]
+
+
+GROUP, BUCKET = 50, 64  # batches whose rows are grouped together by `grouped`; tokens of a length bucket
+
+
+@functools.lru_cache(maxsize=4)
+def grouped(lengths, size, seed):
+    """A permutation cut into batches of rows of like length, so padding wastes little (HF's group_by_length, but
+    coarse): each run of GROUP batches' rows of `permutation` is ordered by length bucket (BUCKET tokens wide;
+    within a bucket the rows keep their shuffled order, so a batch still mixes tasks of similar length: a full
+    sort makes nearly one-task batches, NOTES.md, vision v17) and cut into batches, and the
+    whole batches are shuffled (the partial one stays last, unused as `batch` uses whole batches only)."""
+    order = permutation(len(lengths), seed)
+    run = size * GROUP
+    cut = [sorted(order[s:s + run], key=lambda j: lengths[j] // BUCKET) for s in range(0, len(order), run)]
+    batches = [r[k:k + size] for r in cut for k in range(0, len(r), size)]
+    whole = [b for b in batches if len(b) == size]
+    random.Random(seed).shuffle(whole)
+    return tuple(j for b in whole + [b for b in batches if len(b) < size] for j in b)
 
 
 @functools.lru_cache(maxsize=4)

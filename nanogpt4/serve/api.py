@@ -181,22 +181,24 @@ def input_text(messages):
 MAX_IMAGES = 8  # image parts per request (each also costs its tokens of the context)
 
 
-def image_embeddings(s, model, parts):
-    """The embeddings of a request's image parts for a vision model (data URLs only: the server has no network),
-    or a 400 naming what is wrong with which image."""
-    if s.vision is None:
+def render_chat(s, model, messages):
+    """(the rendering, image embeddings or None) of a chat request: a vision model sees its images (data URLs
+    only: the server has no network; each costs its placeholders and tile markers, billed as prompt tokens), any
+    other model refuses them; a 400 names what is wrong with which image."""
+    n = sum(p.get("type") == "image_url" for m in messages if isinstance(m["content"], list) for p in m["content"])
+    if n and s.vision is None:
         raise APIError(400, f"The model `{model}` does not accept image input.", param="messages",
                        code="image_input_not_supported")
-    if len(parts) > MAX_IMAGES:
-        raise APIError(400, f"{len(parts)} images in one request; at most {MAX_IMAGES} are accepted.",
+    if n > MAX_IMAGES:
+        raise APIError(400, f"{n} images in one request; at most {MAX_IMAGES} are accepted.",
                        param="messages", code="too_many_images")
-    imgs = []
-    for i, p in enumerate(parts):
-        try:
-            imgs.append(vision.load_image(p["image_url"]["url"]))
-        except vision.ImageError as e:
-            raise APIError(400, f"Image {i + 1} of the request: {e}.", param="messages", code="invalid_image") from None
-    return s.vision.embed_images(imgs)
+    if not n:
+        return chat.render(s.tok, messages), None
+    try:
+        rendered, views = vision.render(s.tok, messages, s.vision.cfg)
+    except vision.ImageError as e:
+        raise APIError(400, f"{str(e)[0].upper()}{str(e)[1:]}.", param="messages", code="invalid_image") from None
+    return rendered, s.vision.embed_views(views)
 
 
 def create_app(models, served, db, auth=True, moderator=None, monitor=None, chat_cap=None, max_queue=256):
@@ -327,8 +329,7 @@ def create_app(models, served, db, auth=True, moderator=None, monitor=None, chat
             chat.validate(req.messages)
         except chat.ChatError as e:
             raise APIError(400, str(e), param="messages") from None
-        rendered = chat.render(s.tok, req.messages, image_tokens=s.vision.cfg.tokens if s.vision else 1)
-        images = await asyncio.to_thread(image_embeddings, s, req.model, rendered.images) if rendered.images else None
+        rendered, images = await asyncio.to_thread(render_chat, s, req.model, req.messages)
         call, headers = await gate.admit(request, key, s, rendered.ids, req, stops, "messages",
                                          input_text(req.messages), "chatcmpl", images=images,
                                          top_logprobs=req.top_logprobs or 0)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from .. import chat
 from ..common import UserError, atomic_write_json, iter_jsonl
 from ..evals.templates import accuracy_report, normalize
-from ..model.vision import VisionConfig, VisionEncoder, letterbox, load_image, normalise
+from ..model.vision import VisionConfig, VisionEncoder, normalise, render
 from ..posttrain import trainer
 from ..posttrain.sft import examples as text_examples, heldout_loss, padded
 from ..tokenizer import Tokenizer
@@ -50,9 +50,8 @@ def load_rows(tok, path, vcfg, split):
         if row.get("split", "train") != split:
             continue
         msgs = row["messages"] + ([{"role": "assistant", "content": row["answer"]}] if "answer" in row else [])
-        r = chat.render(tok, msgs, generate=False, image_tokens=vcfg.tokens)
-        imgs = torch.stack([letterbox(load_image(p["image_url"]["url"]), vcfg.image_size) for p in r.images]) \
-            if r.images else torch.zeros(0, 3, vcfg.image_size, vcfg.image_size, dtype=torch.uint8)
+        r, views = render(tok, msgs, vcfg, generate=False)
+        imgs = torch.cat(views) if views else torch.zeros(0, 3, vcfg.image_size, vcfg.image_size, dtype=torch.uint8)
         out.append(dict(ids=r.ids, mask=r.mask, images=imgs, row=row))
     return out
 
@@ -62,14 +61,17 @@ def image_batch(items, pad):
     return x, y, m, normalise(torch.cat([e["images"] for e in items]))
 
 
-def mixed_batch(data, text, step, size, text_share, seed):
-    """Image conversations and (joint phase) text conversations of batch `step`."""
+def mixed_batch(data, lengths, text, step, size, text_share, seed):
+    """Image conversations (grouped by length: a tiled image's row is several times a one-view row's length) and
+    (joint phase) text conversations of batch `step`."""
     n_text = round(size * text_share) if text else 0
-    return trainer.batch(data, step, size - n_text, seed), trainer.batch(text, step, n_text, seed) if n_text else []
+    return (trainer.batch(data, step, size - n_text, seed, lengths),
+            trainer.batch(text, step, n_text, seed) if n_text else [])
 
 
-def train(base, data_dir, text_path, out, align_steps=200, joint_steps=2400, batch_size=32, lr=3e-4, decoder_lr=3e-4,
-          text_share=0.125, seed=0, eval_every=500, dtype="bfloat16", resume=False, quiet=False, per_task=None):
+def train(base, data_dir, text_path, out, align_steps=200, joint_steps=2150, batch_size=32, lr=3e-4, decoder_lr=3e-4,
+          text_share=0.125, seed=0, eval_every=500, dtype="bfloat16", resume=False, quiet=False, per_task=None,
+          compile=False):
     """Train the vision model from the chat model `base` on the image sets in `data_dir` (`nanogpt4 vision-data`),
     mixing in the conversations of `text_path` (SFT's); returns done.json."""
     data_dir, text_path = Path(data_dir), Path(text_path)
@@ -99,9 +101,13 @@ def train(base, data_dir, text_path, out, align_steps=200, joint_steps=2400, bat
     held = [e for e in load_rows(tok, data_dir / "heldout.jsonl", vcfg, "heldout") if len(e["ids"]) <= seq_len + 1]
     text, _ = text_examples(tok, text_path, seq_len, "train")
     text_held, _ = text_examples(tok, text_path, seq_len, "heldout")
+    lengths = tuple(len(e["ids"]) for e in data)
     if len(data) < batch_size:
         raise UserError(f"{data_dir}: {len(data)} training rows fit the context, fewer than a batch")
     anchor = trainer.frozen(model)  # the chat model as it came: the text anchor
+    if compile:  # regional: one compiled block serves every layer of both models and every row length (NOTES.md)
+        for block in [*model.blocks, *anchor.blocks]:
+            block.compile(dynamic=True)
     opt = trainer.optimizer(model, decoder_lr, b.config, heads=[])
     opt.add_param_group(dict(params=list(encoder.parameters()), lr=lr, initial_lr=lr, weight_decay=0.0))
     cast, pad, metrics = trainer.autocast(dtype), tok.eot_id, out / "metrics.jsonl"
@@ -115,7 +121,7 @@ def train(base, data_dir, text_path, out, align_steps=200, joint_steps=2400, bat
         model.requires_grad_(joint)
         trainer.decay(opt, max(0, step - align_steps), max(1, joint_steps))  # the decoder's groups: the joint phase
         opt.param_groups[-1]["lr"] = lr * min(1.0, (step + 1) / WARMUP) * (1 - 0.9 * step / steps)  # the encoder's
-        imgs, texts = mixed_batch(data, text if joint else [], step, batch_size, text_share, seed)
+        imgs, texts = mixed_batch(data, lengths, text if joint else [], step, batch_size, text_share, seed)
         x, y, m, px = image_batch(imgs, pad)
         with cast():
             loss = model(x, y, images=encoder.embed(px), loss_mask=m)
@@ -237,7 +243,7 @@ def add_args(p):
                    help="text conversations mixed into the joint phase; their held-out split measures text loss")
     p.add_argument("--out", default="runs/default/vision", help="the vision run directory")
     p.add_argument("--align-steps", type=int, default=200, help="steps with the decoder frozen")
-    p.add_argument("--joint-steps", type=int, default=2400, help="steps training everything")
+    p.add_argument("--joint-steps", type=int, default=2150, help="steps training everything")
     p.add_argument("--batch-size", type=int, default=32, help="conversations per step")
     p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate of the encoder and projector (after a "
                                                           f"{WARMUP}-step warmup, decayed over the whole run)")
@@ -249,6 +255,8 @@ def add_args(p):
     p.add_argument("--eval-every", type=int, default=500, help="steps between held-out losses and checkpoints")
     p.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="autocast dtype on CPU")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    p.add_argument("--compile", action="store_true", help="torch.compile the decoder's blocks (~70 s once on 2 "
+                                                          "cores, then ~20%% faster steps)")
 
 
 def main(args):
@@ -258,7 +266,7 @@ def main(args):
                         "learning rates > 0")
     done = train(args.base, args.data, args.text, args.out, args.align_steps, args.joint_steps, args.batch_size,
                  args.lr, args.decoder_lr, args.text_share, args.seed, args.eval_every, args.dtype, args.resume,
-                 per_task=args.per_task)
+                 per_task=args.per_task, compile=args.compile)
     print(json.dumps({k: v for k, v in done.items() if k != "tasks"}))
     for task, t in done["tasks"].items():
         print(f"  {task:10s} with image {t['with_image']['accuracy']:.3f} ± {t['with_image']['stderr']:.3f}  "
