@@ -18,7 +18,6 @@ import torch
 
 from nanogpt4 import config as C
 from nanogpt4.cli import use_tcmalloc
-from nanogpt4.model.gpt import GPT
 from nanogpt4.perf import measure_matmul_peak
 from nanogpt4.train import pretrain
 
@@ -49,7 +48,7 @@ def main():
             pretrain.train(tc, run, tokens, quiet=True)
             logs = [json.loads(l) for l in open(Path(run) / "metrics.jsonl") if '"tok_s"' in l][1:]
             params = json.loads((Path(run) / "done.json").read_text())["params"]
-        flops_tok = GPT(tc.model_config()).flops_per_token()
+        flops_tok = C.flops_per_token(tc.model_config())
         tok_s = statistics.median(r["tok_s"] for r in logs)
         gflops = tok_s * flops_tok / 1e9
         rows.append(dict(depth=depth, params=params, tok_s=tok_s, gflops=gflops))

@@ -2,7 +2,9 @@
 import argparse
 import importlib
 import os
+import shlex
 import sys
+import time
 
 from .common import UserError
 
@@ -33,6 +35,17 @@ STAGES = {  # name: (module, help)
 USER_ERRORS = (UserError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError)
 
 TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
+
+
+def run_stage(name, argv):
+    """Run one stage exactly as `nanogpt4 <name> <argv>` would; returns (result, seconds)."""
+    module = importlib.import_module(STAGES[name][0])
+    p = argparse.ArgumentParser(prog=f"nanogpt4 {name}")
+    module.add_args(p)
+    print(f"\n$ nanogpt4 {name} {shlex.join(argv)}", flush=True)
+    t = time.perf_counter()
+    result = module.main(p.parse_args(argv))
+    return result, time.perf_counter() - t
 
 
 def use_tcmalloc(cmd=None):

@@ -111,22 +111,20 @@ def count_params(mc: ModelConfig):
     return 2 * V * d + L * (attn + mlp + gates)
 
 
-def flops_per_token(mc: ModelConfig):
-    """Training FLOPs per token, without building the model (matches GPT.flops_per_token): 6·N for the matmuls
-    (embedding lookup excluded, readout included) plus the attention term 12·L·T·d."""
+def flops_per_token(mc: ModelConfig, non_embedding=False):
+    """Training FLOPs per token, without building the model: the one count (MFU, run compute, the scaling laws).
+    6·N for the matmuls (embedding lookup excluded, readout included) plus the attention score/value term
+    12·L·T·d (PaLM appendix B; nanoGPT's estimate_mfu), causal half not subtracted. `non_embedding`: Kaplan et
+    al. 2020's 6·N with N the transformer blocks' parameters only, embedding and readout excluded — at small
+    widths the readout is most of a model's FLOPs but buys little loss."""
+    if non_embedding:
+        return 6 * (count_params(mc) - 2 * mc.vocab_size * mc.n_embd)
     return 6 * (count_params(mc) - mc.vocab_size * mc.n_embd) + 12 * mc.n_layer * mc.seq_len * mc.n_embd
 
 
-def train_flops(tc: TrainConfig):
+def train_flops(tc: TrainConfig, non_embedding=False):
     """The compute a run will spend, known before it starts: FLOPs per token × the derived horizon."""
-    return flops_per_token(tc.model_config()) * derive(tc)["tokens"]
-
-
-def non_embedding_flops(tc: TrainConfig):
-    """6·N·D with N the transformer blocks' parameters only, embedding and readout excluded (Kaplan et al. 2020's
-    compute): at small widths the readout is most of a model's FLOPs but buys little loss."""
-    mc = tc.model_config()
-    return 6 * (count_params(mc) - 2 * mc.vocab_size * mc.n_embd) * derive(tc)["tokens"]
+    return flops_per_token(tc.model_config(), non_embedding) * derive(tc)["tokens"]
 
 
 def derive(tc: TrainConfig) -> dict:

@@ -1,49 +1,35 @@
 """`nanogpt4 run`: the main job. Runs every stage in order on a preset — each stage exactly as its own CLI
 command would, skipping stages whose outputs are complete — then writes the report card. The serve stage is a
 smoke test: it starts the API, exercises it through the openai client and stops (no server is left running)."""
-import argparse
-import importlib
 import json
 import shlex
 import time
 from pathlib import Path
 
+from .cli import run_stage
 from .common import atomic_write_json
 
-# Presets: the size dial plus the training horizon. "cpu" fits the main job in ~20 min on a 2-core laptop-class
-# CPU (download included); "gpu" is a Chinchilla-horizon run for one GPU.
+# The presets, one table: per stage, what the main job adds to that stage's own command. "cpu" is the CPU default
+# (≤ 90 min on 2 cores); "gpu" a Chinchilla-horizon run for one GPU; "tiny" for tests: seconds, not minutes.
 PRESETS = {
-    "cpu": ["--depth", "4", "--max-tokens", "6000000", "--compile"],
-    "gpu": ["--depth", "12", "--seq-len", "1024", "--micro-batch", "32", "--compile"],
-    "tiny": ["--depth", "1", "--max-tokens", "200000", "--eval-every", "20", "--eval-tokens", "8192",
-             "--dtype", "float32"],  # for tests: seconds, not minutes
+    "cpu": dict(pretrain=["--depth", "4", "--max-tokens", "6000000", "--compile"], posttrain=[], vision_data=[],
+                vision=["--compile"], scaling=["--preset", "cpu"], evals=[]),
+    "gpu": dict(pretrain=["--depth", "12", "--seq-len", "1024", "--micro-batch", "32", "--compile"], posttrain=[],
+                vision_data=[], vision=["--compile"], scaling=["--preset", "gpu"], evals=[]),
+    "tiny": dict(pretrain=["--depth", "1", "--max-tokens", "200000", "--eval-every", "20", "--eval-tokens", "8192",
+                           "--dtype", "float32"],
+                 posttrain=["--steps", "4"],  # each post-training trainer's horizon: a peek
+                 vision_data=["--train-per-task", "40", "--heldout-per-task", "8", "--tasks", "colour,shape,count,compare"],
+                 vision=["--align-steps", "2", "--joint-steps", "4"],
+                 scaling=["--preset", "quick"],  # the scaling ladder's own preset (scaling/ladder.py)
+                 evals=["--max-samples", "2"]),  # the report card: every benchmark item, or a peek
 }
-
-
-SCALING = {"cpu": "cpu", "gpu": "gpu", "tiny": "quick"}  # the scaling ladder preset each main-job preset runs
-EVALS = {"cpu": [], "gpu": [], "tiny": ["--max-samples", "2"]}  # eval report card: every benchmark item, or a peek
-POSTTRAIN = {"cpu": [], "gpu": [], "tiny": ["--steps", "4"]}  # each post-training trainer's horizon: its default, or a peek
-VISION_DATA = {"cpu": [], "gpu": [], "tiny": ["--train-per-task", "40", "--heldout-per-task", "8",
-                                              "--tasks", "colour,shape,count,compare"]}  # image sets per task
-VISION = {"cpu": [], "gpu": [], "tiny": ["--align-steps", "2", "--joint-steps", "4"]}  # the vision stage's horizon
-
-
-def run_stage(name, argv):
-    """Run one stage exactly as `nanogpt4 <name> <argv>` would; returns (result, seconds)."""
-    from .cli import STAGES
-    module = importlib.import_module(STAGES[name][0])
-    p = argparse.ArgumentParser(prog=f"nanogpt4 {name}")
-    module.add_args(p)
-    print(f"\n$ nanogpt4 {name} {shlex.join(argv)}", flush=True)
-    t = time.perf_counter()
-    result = module.main(p.parse_args(argv))
-    return result, time.perf_counter() - t
 
 
 def posttrain(stage, out, args):
     """The post-training stages on the base model: data, SFT, reward model, RLHF (with the RBRM), DPO, then the
     behaviour of all four on held-out prompts."""
-    data, steps = out / "posttrain" / "data", POSTTRAIN[args.preset]
+    data, steps = out / "posttrain" / "data", PRESETS[args.preset]["posttrain"]
     stage("posttrain-data", ["--out", str(data)] + (["--cache", args.cache] if args.cache else []),
           "posttrain/data/manifest.json")
     stage("sft", ["--base", str(out / "pretrain"), "--data", str(data / "sft.jsonl"), "--out", str(out / "sft"),
@@ -63,10 +49,10 @@ def vision(stage, out, args):
     """The vision stage on the SFT model: the image sets, then the encoder and the joint tuning, measured on every
     held-out task; then the models file with every served snapshot."""
     data = out / "vision" / "data"
-    stage("vision-data", ["--out", str(data)] + (["--cache", args.cache] if args.cache else []) + VISION_DATA[args.preset],
+    stage("vision-data", ["--out", str(data)] + (["--cache", args.cache] if args.cache else []) + PRESETS[args.preset]["vision_data"],
           "vision/data/manifest.json")
     stage("vision", ["--base", str(out / "sft"), "--data", str(data), "--text", str(out / "posttrain" / "data" / "sft.jsonl"),
-                     "--out", str(out / "vision" / "run"), "--resume"] + VISION[args.preset], "vision/run/done.json")
+                     "--out", str(out / "vision" / "run"), "--resume"] + PRESETS[args.preset]["vision"], "vision/run/done.json")
     from .serve import models as snapshots
     served = snapshots.write(out / "models.yaml", {"nano4-base": out / "pretrain", "nano4-sft": out / "sft",
                                                     "nano4": out / "rlhf", "nano4-dpo": out / "dpo",
@@ -106,7 +92,7 @@ def main(args):
     stage("tokenizer", ["--corpus", str(out / "corpus"), "--out", str(out / "tokenizer"),
                         "--vocab-size", str(args.vocab_size)], "tokenizer/tokens/meta.json")
     stage("pretrain", ["--out", str(out / "pretrain"), "--tokens", str(out / "tokenizer" / "tokens"), "--resume"]
-          + PRESETS[args.preset], "pretrain/done.json")
+          + PRESETS[args.preset]["pretrain"], "pretrain/done.json")
     from . import report, runs, sample
     from .engine import Engine
     run = runs.load(out / "pretrain")
@@ -121,9 +107,9 @@ def main(args):
     stage("serve", ["--run", str(out / "pretrain"), "--smoke", str(out / "serve_smoke.json")], "serve_smoke.json")
     posttrain(stage, out, args)
     vision(stage, out, args)
-    stage("scaling", ["all", "--out", str(out / "scaling"), "--corpus", str(out / "corpus"),
-                      "--preset", SCALING[args.preset]], "scaling/hindsight.json")
+    stage("scaling", ["all", "--out", str(out / "scaling"), "--corpus", str(out / "corpus")]
+          + PRESETS[args.preset]["scaling"], "scaling/hindsight.json")
     stage("report", [str(out / "pretrain"), "--out", str(out / "evals"), "--corpus", str(out / "corpus" / "train.jsonl"),
-                     "--compare", str(out / "rlhf")] + EVALS[args.preset], "evals/report.md")
+                     "--compare", str(out / "rlhf")] + PRESETS[args.preset]["evals"], "evals/report.md")
     path = report.write(out)
     print(f"\nreport card: {path}")

@@ -117,7 +117,7 @@ def pretrain_section(out):
         lines += ["| final loss (nats/token) | value |", "|---|---:|"]
         lines += [f"| {k} | {v:.4f} |" for k, v in fin.items()]
         lines += ["", f"Spikes skipped: {len(done.get('skipped', []))}. Training compute: {done['flops']:.3g} FLOPs "
-                  "(6·N + attention per token, counted by `GPT.flops_per_token`).", ""]
+                  "(6·N + attention per token, counted by `config.flops_per_token`).", ""]
     if rates:
         tok = statistics.median(m["tok_s"] for m in rates)
         mfu = statistics.median(m["mfu"] for m in rates)

@@ -64,7 +64,7 @@ def pinned_checkpoint(run, sha256):
     RunError: a snapshot whose weights changed or vanished is refused, never silently replaced."""
     for path in sorted(Path(run).glob("ckpt/step_*"), reverse=True):
         try:
-            if json.loads((path / "meta.json").read_text())["sha256"]["model.safetensors"] == sha256:
+            if weights_sha256(path) == sha256:
                 checkpoint.verify(path)
                 return path
         except (OSError, ValueError, KeyError):
@@ -75,11 +75,16 @@ def pinned_checkpoint(run, sha256):
                    "changed or was removed)")
 
 
-def checkpoint_id(run):
-    """`step_…:<sha256 of the weights>` of the checkpoint `load` would use: what caches of measured results and
-    served snapshots are keyed by."""
-    ckpt = newest_checkpoint(run)
-    return f"{ckpt.name}:{json.loads((ckpt / 'meta.json').read_text())['sha256']['model.safetensors']}"
+def weights_sha256(ckpt):
+    """The sha256 of a checkpoint directory's weights, from its metadata."""
+    return json.loads((Path(ckpt) / "meta.json").read_text())["sha256"]["model.safetensors"]
+
+
+def checkpoint_id(run, ckpt=None):
+    """`step_…:<sha256 of the weights>` of checkpoint `ckpt` of a run (default: the one `load` would use): what
+    caches of measured results and served snapshots are keyed by, and `Run.checkpoint_id`."""
+    ckpt = Path(ckpt) if ckpt is not None else newest_checkpoint(run)
+    return f"{ckpt.name}:{weights_sha256(ckpt)}"
 
 
 @dataclass
@@ -118,11 +123,10 @@ def load(run, device=None, dtype=None, sha256=None) -> Run:
         raise RunError(f"{tok_path}: {tok.vocab_size} tokens, more than the model's {model.cfg.vocab_size}")
     device = torch.device(device or default_device())
     model = model.to(device=device, dtype=dtype or torch.float32).eval()
-    sha = json.loads((ckpt / "meta.json").read_text())["sha256"]["model.safetensors"]
     vision = encoder(run, cfg, ckpt.name)
     if vision is not None:
         vision = vision.to(device=device, dtype=dtype or torch.float32)
-    return Run(run, cfg, model, tok, ckpt, f"{ckpt.name}:{sha}", device, vision)
+    return Run(run, cfg, model, tok, ckpt, checkpoint_id(run, ckpt), device, vision)
 
 
 def encoder(run, cfg, step_name):

@@ -10,7 +10,7 @@ from nanogpt4 import runs
 from nanogpt4.config import TrainConfig
 from nanogpt4.engine import Engine, SamplingParams, prompt_ids
 from nanogpt4.evals.execution import run_programs
-from nanogpt4.evals.humaneval import body_indent, completion_end, program
+from nanogpt4.evals.humaneval import body_indent, completion_end, pass_at_k, program
 from nanogpt4.scaling import capability as K
 from nanogpt4.scaling.registry import RegistryError
 
@@ -20,8 +20,8 @@ def test_pass_at_k_matches_brute_force():
         for c in range(n + 1):
             for k in range(1, n + 1):
                 draws = list(itertools.combinations([1] * c + [0] * (n - c), k))
-                assert K.pass_at_k(n, c, k) == pytest.approx(np.mean([any(d) for d in draws]), abs=1e-12)
-    assert K.pass_at_k(200, 3, 1) == pytest.approx(3 / 200)
+                assert pass_at_k(n, c, k) == pytest.approx(np.mean([any(d) for d in draws]), abs=1e-12)
+    assert pass_at_k(200, 3, 1) == pytest.approx(3 / 200)
 
 
 def test_reference_solutions_pass_and_wrong_ones_fail():
@@ -60,15 +60,40 @@ def test_sampling_ends_each_completion_by_the_stop_rule_as_soon_as_it_ends(local
     run = runs.load(local_run, "cpu")
     eng = Engine(run.model, run.tok)
     for prompt in ("def add(x, y):\n", 'def f(a):\n    """Return a."""\n', "y = x +"):
-        out, cut_tokens = K.sample_completions(eng, prompt, 6, max_new_tokens=40, temperature=1.0, seed=3)
+        out, cut_tokens, budget = K.sample_completions(eng, prompt, 6, max_new_tokens=40, temperature=1.0, seed=3)
         ids, _ = prompt_ids(run.tok, prompt)
         free = eng.generate([ids], SamplingParams(max_tokens=40, temperature=1.0, seed=3, n=6))[0].choices
         end = completion_end(prompt)
-        assert cut_tokens == 0
+        assert cut_tokens == 0 and budget == 40
         assert out == [c.text[:end(c.text)] if end(c.text) is not None else c.text for c in free]
     stopped = eng.generate([ids], SamplingParams(max_tokens=40, temperature=1.0, seed=3, n=6, stop_fn=end))[0].choices
     assert any(c.finish_reason == "stop" for c in stopped)
     assert sum(map(len, (c.token_ids for c in stopped))) < sum(map(len, (c.token_ids for c in free)))
+    eng.close()
+
+
+def test_long_prompts_are_kept_whole_and_the_completion_gets_the_rest(local_run):
+    """HumanEval prompts were cut to n_ctx − max_new_tokens (128 of 256 tokens) and nothing said so: now the
+    prompt is whole while it leaves MIN_NEW_TOKENS, the completion's budget shrinks instead, and both are returned
+    (recorded per problem by `measure`)."""
+    run = runs.load(local_run, "cpu")
+    eng = Engine(run.model, run.tok)
+    n_ctx = eng.n_ctx
+    seen = set()
+    size = lambda k: len(prompt_ids(run.tok, "#" + " a1" * k)[0])  # noqa: E731
+    most = 3 * n_ctx // 4  # what the caller asks for
+    for want in (n_ctx // 4 + 4, n_ctx - K.MIN_NEW_TOKENS // 2):  # fits whole with less room / must be cut
+        k = next(k for k in range(1, n_ctx) if size(k) >= want)
+        prompt = "#" + " a1" * k
+        n_prompt = size(k)
+        out, cut, budget = K.sample_completions(eng, prompt, 2, max_new_tokens=most, temperature=1.0, seed=0)
+        seen.add(n_prompt + K.MIN_NEW_TOKENS <= n_ctx)
+        if n_prompt + K.MIN_NEW_TOKENS <= n_ctx:
+            assert cut == 0 and budget == n_ctx - n_prompt < most
+        else:
+            assert cut == n_prompt - (n_ctx - K.MIN_NEW_TOKENS) > 0 and budget == K.MIN_NEW_TOKENS
+        assert len(out) == 2
+    assert seen == {True, False}  # both cases were exercised
     eng.close()
 
 

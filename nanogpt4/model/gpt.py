@@ -271,13 +271,6 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.wte.weight.numel() - self.lm_head.weight.numel() if non_embedding else n
 
-    def flops_per_token(self, seq_len=None):
-        """Training FLOPs per token: 6·N for the matmuls (embedding lookup excluded, readout included) plus the
-        attention score/value term 12·L·T·d (PaLM appendix B; nanoGPT's estimate_mfu), causal half not subtracted."""
-        T = seq_len or self.cfg.seq_len
-        n = self.num_params() - self.wte.weight.numel()
-        return 6 * n + 12 * self.cfg.n_layer * T * self.cfg.n_embd
-
     def embed(self, idx, images=None):
         x = self.wte(idx)
         if images is not None and len(images):

@@ -49,7 +49,7 @@ from ..runs import checkpoint_id, load as load_run, read_config
 from ..common import atomic_write_json
 from ..evals.execution import run_programs
 from ..engine import Engine, SamplingParams, prompt_ids
-from ..evals.humaneval import body_indent, completion_end, program
+from ..evals.humaneval import body_indent, completion_end, pass_at_k, program
 from . import registry
 from .laws import PassRateFit, fit_pass_rate
 
@@ -228,22 +228,22 @@ def problem_set_hash(problems):
 # ----------------------------------------------------------------------------- sampling and measuring
 
 STOP_RULE = "humaneval.completion_end/1"  # part of the cached settings: a new rule is new measurements
+PROMPT_RULE = "prompt-first/1"  # how prompt and completion share the context (`sample_completions`), likewise
+
+
+MIN_NEW_TOKENS = 32  # the least room a completion gets: a prompt is cut from its left only to leave this much
 
 
 def sample_completions(engine, prompt, n, max_new_tokens=64, temperature=0.8, top_k=None, seed=0):
     """n completions of the prompt's function body (or line) through the engine, each ended by the one code
-    stop rule (`humaneval.completion_end`); returns (completions, prompt tokens cut from the left to fit)."""
-    ids, cut = prompt_ids(engine.tok, prompt, engine.n_ctx - max_new_tokens)
-    params = SamplingParams(max_tokens=max_new_tokens, temperature=temperature, top_k=top_k or 0, seed=seed, n=n,
+    stop rule (`humaneval.completion_end`). The prompt comes first: it is kept whole and the completion gets the
+    context left (at most max_new_tokens); only a prompt that leaves less than MIN_NEW_TOKENS loses tokens from
+    its left. Returns (completions, prompt tokens cut, the completion's token budget)."""
+    ids, cut = prompt_ids(engine.tok, prompt, engine.n_ctx - min(max_new_tokens, MIN_NEW_TOKENS))
+    budget = min(max_new_tokens, engine.n_ctx - len(ids))
+    params = SamplingParams(max_tokens=budget, temperature=temperature, top_k=top_k or 0, seed=seed, n=n,
                             stop_fn=completion_end(prompt))
-    return [c.text for c in engine.generate([ids], params)[0].choices], cut
-
-
-def pass_at_k(n, c, k):
-    """Unbiased pass@k from n samples of which c passed (Chen et al. 2021): 1 - C(n-c, k)/C(n, k), as a product."""
-    if n - c < k:
-        return 1.0
-    return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+    return [c.text for c in engine.generate([ids], params)[0].choices], cut, budget
 
 
 def measure(runs, problems, n=100, temperature=0.8, top_k=None, max_new_tokens=64, seed=0, timeout=3.0, workers=4,
@@ -252,7 +252,7 @@ def measure(runs, problems, n=100, temperature=0.8, top_k=None, max_new_tokens=6
     problem, identical programs executed once. Results are cached per run in
     <run>/capability/<settings>.json (written after every problem, tied to the checkpoint), so a re-run skips
     finished work. `table`: also write the whole table there."""
-    settings = dict(problem_set=problem_set_hash(problems), stop_rule=STOP_RULE, n=n, temperature=temperature, top_k=top_k,
+    settings = dict(problem_set=problem_set_hash(problems), stop_rule=STOP_RULE, prompt_rule=PROMPT_RULE, n=n, temperature=temperature, top_k=top_k,
                     max_new_tokens=max_new_tokens, seed=seed)
     tag = hashlib.sha256(registry.canonical(settings).encode()).hexdigest()[:12]
     out = {}
@@ -268,7 +268,7 @@ def measure(runs, problems, n=100, temperature=0.8, top_k=None, max_new_tokens=6
                 loaded = load_run(run, device)
                 engine = Engine(loaded.model, loaded.tok, max_rows=max(32, n))
             s = seed + zlib.crc32(p["task_id"].encode())  # a fixed seed per (problem, model)
-            comps, cut = sample_completions(engine, p["prompt"], n, max_new_tokens, temperature, top_k, s)
+            comps, cut, budget = sample_completions(engine, p["prompt"], n, max_new_tokens, temperature, top_k, s)
             progs = [program(p, c) for c in comps]
             res = run_programs(progs, timeout, workers)
             c = sum(r == "passed" for r in res)
@@ -278,7 +278,7 @@ def measure(runs, problems, n=100, temperature=0.8, top_k=None, max_new_tokens=6
             top = dict(sorted(hist.items(), key=lambda kv: -kv[1])[:5])
             example = next((x for x, r in zip(comps, res) if r == "passed"), comps[0])
             done[p["task_id"]] = dict(n=n, passed=c, pass_at_1=pass_at_k(n, c, 1), unique=len(set(progs)),
-                                      results=top, example=example, prompt_tokens_cut=cut)
+                                      results=top, example=example, prompt_tokens_cut=cut, max_new_tokens=budget)
             atomic_write_json(path, dict(settings=settings, checkpoint=ckpt, problems=done))
         solved = sum(done[p["task_id"]]["passed"] > 0 for p in problems)
         log(f"{run}: {solved}/{len(problems)} problems solved at least once in {n} samples")
@@ -297,12 +297,16 @@ def neg_mean_log_pass(results, tasks):
                            for t in tasks]))
 
 
+class NothingToFit(ValueError):
+    """The report's rule (problems every fit model solves at least once) leaves no problem: nothing to register."""
+
+
 def buckets_by_difficulty(fit_results, n_buckets):
     """Problems every fit model solves at least once, split into up to n_buckets equal buckets, easiest first,
     by the fit models' mean log pass rate."""
     tasks = [t for t in fit_results[0] if all(r[t]["passed"] > 0 for r in fit_results)]
     if not tasks:
-        raise ValueError("no problem is solved at least once by every model of the fit set")
+        raise NothingToFit("no problem is solved at least once by every model of the fit set")
     score = {t: np.mean([math.log(r[t]["passed"] / r[t]["n"]) for r in fit_results]) for t in tasks}
     order = sorted(tasks, key=lambda t: -score[t])
     return [list(b) for b in np.array_split(order, min(n_buckets, len(order)))]

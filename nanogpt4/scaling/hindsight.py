@@ -99,6 +99,10 @@ def render(item, n_shots=None):
     return "".join(f"{question(s['bet'])} {s['answer']}\n\n" for s in shots) + question(item["bet"])
 
 
+class QuestionTooLong(ValueError):
+    """The task cannot be posed to a model whose context is shorter than one question."""
+
+
 def fit_prompt(item, tok, seq_len, options=OPTIONS):
     """(prompt, shots used): as many shots as fit `seq_len` with <|endoftext|> and the longest option, dropping the
     earliest first; the question is never truncated."""
@@ -107,7 +111,7 @@ def fit_prompt(item, tok, seq_len, options=OPTIONS):
         prompt = render(item, k)
         if 1 + len(tok.encode(prompt)) + opt - 1 <= seq_len:
             return prompt, k
-    raise ValueError(f"item {item['id']}: the question alone does not fit a context of {seq_len} tokens")
+    raise QuestionTooLong(f"item {item['id']}: the question alone does not fit a context of {seq_len} tokens")
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -36,15 +36,20 @@ class Preset:
     eval_tokens: int = 2 ** 17  # fixed held-out windows for the final loss, the same in every run
     max_fit_fraction: float = 1e-3  # a fit run may use at most this fraction of the target's compute
     train: dict = field(default_factory=dict)  # TrainConfig fields shared by every rung (dtype, seq_len, …)
+    capability: dict = field(default_factory=dict)  # capability.measure settings of the pass-rate law (n samples, …)
+    humaneval: dict = field(default_factory=dict)  # the same for the real HumanEval on the target
 
 
 PRESETS = {
     "cpu": Preset(vocab_size=1024, tokens_per_param=2, fit_widths=(16, 20, 24, 28, 32, 40, 48, 56),
-                  target_width=320, cap_widths=(128, 192, 256), min_depth=2, seeds=(1337, 1338, 1339)),
+                  target_width=320, cap_widths=(128, 192, 256), min_depth=2, seeds=(1337, 1338, 1339),
+                  capability=dict(n=100), humaneval=dict(n=10, max_new_tokens=128)),
     "quick": Preset(vocab_size=512, tokens_per_param=1, fit_widths=(8, 12, 16, 20), target_width=64, cap_widths=(24, 32),
-                    max_fit_fraction=0.05, eval_tokens=2 ** 14, train=dict(seq_len=64, dtype="float32")),
+                    max_fit_fraction=0.05, eval_tokens=2 ** 14, train=dict(seq_len=64, dtype="float32"),
+                    capability=dict(n=4, max_new_tokens=16), humaneval=dict(n=1, max_new_tokens=8)),
     "gpu": Preset(vocab_size=8192, tokens_per_param=20, fit_widths=(32, 48, 64, 96, 128, 160), min_depth=2,
-                  target_width=768, cap_widths=(192, 256, 384, 512), train=dict(seq_len=1024, micro_batch=32)),
+                  target_width=768, cap_widths=(192, 256, 384, 512), train=dict(seq_len=1024, micro_batch=32),
+                  capability=dict(n=200), humaneval=dict(n=20, max_new_tokens=256)),
 }
 
 
@@ -109,7 +114,7 @@ def train_run(tc: C.TrainConfig, run: Path, tokens_dir, quiet=True):
 def row(tc: C.TrainConfig, run: Path, done: dict):
     """What the fits need of a finished run."""
     return dict(name=name(tc), run=str(run), width=tc.width, depth=tc.depth, seed=tc.seed, params=done["params"],
-                tokens=done["tokens"], compute=done["flops"], non_embedding_compute=C.non_embedding_flops(tc),
+                tokens=done["tokens"], compute=done["flops"], non_embedding_compute=C.train_flops(tc, non_embedding=True),
                 final=done["final"], config_hash=config_hash(tc.identity()))
 
 

@@ -21,9 +21,17 @@ class LossFit:
         return asdict(self)
 
 
+def distinct(compute, need, law):
+    """Refuse a fit whose runs have fewer than `need` distinct compute values (seeds of one size share theirs)."""
+    if len(set(np.asarray(compute, dtype=float).tolist())) < need:
+        raise ValueError(f"{law} needs runs at at least {need} distinct compute values, got "
+                         f"{sorted(set(np.asarray(compute, dtype=float).tolist()))} from {len(compute)} runs")
+
+
 def fit_power(compute, loss, c_ref=None):
     """L = a·(C/c_ref)^b with no irreducible term: a straight line in log-log space."""
     x, y = np.asarray(compute, dtype=float), np.asarray(loss, dtype=float)
+    distinct(x, 2, "a power law")
     c_ref = float(c_ref or x.max())
     b, log_a = np.polyfit(np.log(x / c_ref), np.log(y), 1)
     return LossFit(float(np.exp(log_a)), float(b), 0.0, c_ref)
@@ -34,8 +42,7 @@ def fit_loss(compute, loss, c_ref=None, start=None):
     (relative errors weigh small and large runs alike). `start`: a LossFit to start from instead of a few
     generic starting points (bootstrap refits start from the full-data fit)."""
     x, y = np.asarray(compute, dtype=float), np.asarray(loss, dtype=float)
-    if len(x) < 3:
-        raise ValueError(f"a three-parameter law needs at least 3 runs, got {len(x)}")
+    distinct(x, 3, "a three-parameter law")
     if np.any(x <= 0) or np.any(y <= 0):
         raise ValueError("compute and loss must be positive")
     c_ref = float(c_ref or x.max())
@@ -61,7 +68,8 @@ def fit_loss(compute, loss, c_ref=None, start=None):
 
 def bootstrap_loss(compute, loss, target, n=1000, seed=0, level=0.9, c_ref=None, irreducible=True):
     """Prediction at `target` compute with a bootstrap interval: runs resampled with replacement (resamples with
-    fewer than 3 distinct computes are redrawn), refit, predicted; returns (point, low, high). irreducible=False
+    fewer distinct computes than the law needs are
+    redrawn, at most 100·n draws), refit, predicted; returns (point, low, high). irreducible=False
     fits the pure power law (fit_power) instead."""
     x, y = np.asarray(compute, dtype=float), np.asarray(loss, dtype=float)
     refit = (lambda xs, ys, start=None: fit_loss(xs, ys, c_ref, start)) if irreducible else \
@@ -69,12 +77,15 @@ def bootstrap_loss(compute, loss, target, n=1000, seed=0, level=0.9, c_ref=None,
     full = refit(x, y)
     point = float(full.predict(target))
     rng = np.random.default_rng(seed)
-    preds = []
-    while len(preds) < n:
+    need, preds = 3 if irreducible else 2, []
+    for _ in range(100 * n):  # bounded: with few distinct computes most resamples are redrawn
         idx = rng.integers(0, len(x), len(x))
-        if len(set(x[idx])) < 3:
-            continue
-        preds.append(float(refit(x[idx], y[idx], start=full).predict(target)))
+        if len(set(x[idx])) >= need:
+            preds.append(float(refit(x[idx], y[idx], start=full).predict(target)))
+            if len(preds) == n:
+                break
+    else:
+        raise ValueError(f"only {len(preds)} of {100 * n} bootstrap resamples had {need} distinct compute values")
     lo, hi = np.quantile(preds, [(1 - level) / 2, (1 + level) / 2])
     return point, float(lo), float(hi)
 

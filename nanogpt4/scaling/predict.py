@@ -20,7 +20,7 @@ def register_loss(path, target_tc: C.TrainConfig, target_run, rows, metrics=METR
     """Fit each metric on the ladder rows and register the predictions for the target (before it starts).
     `metrics` holds the report's law, L = a·C^b + c on total compute; `alternative` a second, secondary law
     registered beside it: L = a·C^b on non-embedding compute (NOTES.md, 2026-11-24, why)."""
-    target_flops, target_ne = C.train_flops(target_tc), C.non_embedding_flops(target_tc)
+    target_flops, target_ne = C.train_flops(target_tc), C.train_flops(target_tc, non_embedding=True)
     prediction = dict(target_compute=target_flops, target_non_embedding_compute=target_ne, level=level, metrics={},
                       alternative={})
     compute, ne = [r["compute"] for r in rows], [r["non_embedding_compute"] for r in rows]

@@ -26,13 +26,8 @@ def paths(out):
                 cap_status=out / "capability.json", target=out / "target")
 
 
-CAP_SETTINGS = {"cpu": dict(n=100), "quick": dict(n=4, max_new_tokens=16), "gpu": dict(n=200)}
-HUMANEVAL_SETTINGS = {"cpu": dict(n=10, max_new_tokens=128), "quick": dict(n=1, max_new_tokens=8),
-                      "gpu": dict(n=20, max_new_tokens=256)}
-
-
 def step_tokenizer(args, preset, p):
-    from ..pipeline import run_stage
+    from ..cli import run_stage
     if (p["tokens"] / "meta.json").exists():
         return "skipped"  # the tokenizer stage re-checks freshness itself; this only keeps its timing honest
     run_stage("tokenizer", ["--corpus", args.corpus, "--out", str(p["tokenizer"]), "--vocab-size", str(preset.vocab_size)])
@@ -61,12 +56,12 @@ def step_predict(args, preset, p):
             a = rec["prediction"]["alternative"][m]
             print(f"    alternative {a['law']}: {a['loss']:.4f} [{a['interval'][0]:.4f}, {a['interval'][1]:.4f}]")
     runs = [Path(r["run"]) for r in ladder["capability_runs"]]
-    status = dict(fit_runs=[str(r) for r in runs], settings=CAP_SETTINGS[args.preset])
+    status = dict(fit_runs=[str(r) for r in runs], settings=preset.capability)
     try:  # the report's rule may leave nothing to fit: then say so instead of predicting
         rec = capability.predict_capability(p["cap_record"], runs, p["target"], tc.identity(), C.train_flops(tc),
                                             problems=capability.build_problems(), settings=status["settings"])
         status.update(registered=str(p["cap_record"]), problems_kept=rec["prediction"]["problems_kept"])
-    except ValueError as e:
+    except capability.NothingToFit as e:  # only this: a registry, tokenizer or context error must stop the stage
         status.update(registered=None, reason=str(e))
         print(f"  no capability prediction: {e}")
     atomic_write_json(p["cap_status"], status)
@@ -110,7 +105,7 @@ def step_hindsight(args, preset, p):
     for run in runs:
         try:
             results += hindsight.evaluate_ladder([run])
-        except ValueError as e:  # a context too short for the question: the task cannot be posed to this model
+        except hindsight.QuestionTooLong as e:  # the task cannot be posed to this model (nothing else is skipped)
             skipped.append(dict(name=run[0], reason=str(e)))
             print(f"  {run[0]}: skipped, {e}")
     trend = hindsight.trend(results)
@@ -126,16 +121,20 @@ def step_hindsight(args, preset, p):
 def step_humaneval(args, preset, p):
     from ..evals import humaneval
     from ..evals.execution import isolation
-    problems, settings = humaneval.load_problems(), HUMANEVAL_SETTINGS[args.preset]
+    problems, settings = humaneval.load_problems(), preset.humaneval
     res = capability.measure([p["target"]], problems, **settings)[str(p["target"])]
     n = settings["n"]
-    summary = {f"pass@{k}": sum(capability.pass_at_k(n, r["passed"], k) for r in res.values()) / len(res)
+    summary = {f"pass@{k}": sum(humaneval.pass_at_k(n, r["passed"], k) for r in res.values()) / len(res)
                for k in (1, n)}
     solved = sorted(t for t, r in res.items() if r["passed"])
+    cut = {t: r["prompt_tokens_cut"] for t, r in res.items() if r["prompt_tokens_cut"]}
+    short = {t: r["max_new_tokens"] for t, r in res.items() if r["max_new_tokens"] < settings["max_new_tokens"]}
     atomic_write_json(Path(args.out) / "humaneval.json", dict(problems=len(res), settings=settings, solved=solved,
-                                                              sandbox=isolation(), **summary))
+                                                              sandbox=isolation(), prompts_cut=cut,
+                                                              completion_budget_reduced=short, **summary))
     print("  HumanEval on the target: " + ", ".join(f"{k} {v:.3f}" for k, v in summary.items())
-          + f" ({len(solved)} of {len(res)} problems solved at least once)")
+          + f" ({len(solved)} of {len(res)} problems solved at least once; {len(cut)} prompts cut to fit the "
+          f"context, {len(short)} completions given less than {settings['max_new_tokens']} tokens)")
 
 
 STEPS = dict(tokenizer=step_tokenizer, ladder=step_ladder, predict=step_predict, target=step_target,

@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from ..common import UserError, atomic_write_text
-from ..runs import checkpoint_id
+from ..runs import newest_checkpoint, weights_sha256
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 DEFAULT_PRICES = dict(prompt=0.03, completion=0.06)  # GPT-4 8K at launch, USD per 1K tokens
@@ -120,7 +120,7 @@ def write(path, run_dirs, aliases, today=None):
     directory), with `aliases` (alias → name); checked by parsing it back, written atomically. Returns Models."""
     date = (today or dt.date.today()).strftime("%Y%m%d")
     cfg = {"snapshots": {f"{name}-{date}": {"run": str(Path(run).resolve()),
-                                            "checkpoint_sha256": checkpoint_id(run).split(":", 1)[1]}
+                                            "checkpoint_sha256": weights_sha256(newest_checkpoint(run))}
                          for name, run in run_dirs.items()},
            "aliases": {alias: f"{name}-{date}" for alias, name in aliases.items()}}
     models = parse(cfg)
@@ -130,7 +130,7 @@ def write(path, run_dirs, aliases, today=None):
 
 def for_run(run, alias="nano4", today=None):
     """Models serving one run's newest checkpoint as today's snapshot `nano4-<yyyymmdd>` with alias `nano4`."""
-    sha = checkpoint_id(run).split(":", 1)[1]
+    sha = weights_sha256(newest_checkpoint(run))
     name = f"{alias}-{(today or dt.date.today()).strftime('%Y%m%d')}"
     return parse({"snapshots": {name: {"run": str(Path(run).resolve()), "checkpoint_sha256": sha}},
                   "aliases": {alias: name}})

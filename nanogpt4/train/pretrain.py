@@ -248,7 +248,7 @@ def train(tc: C.TrainConfig, run, tokens_dir, resume=False, quiet=False):
         log(dict(step=0, tokens=0, **{f"val/{k}": v for k, v in ev.items()}))
 
     peak = matmul_peak(device, dtype) * 1e9  # measured FLOP/s of one process' device
-    flops_tok = model.flops_per_token()
+    flops_tok = C.flops_per_token(model.cfg)
     bar = tqdm(total=d["steps"], initial=state["step"], disable=not master or quiet, unit="step", dynamic_ncols=True)
     t_last, tok_last = time.perf_counter(), state["tokens"]
     final = None  # the evaluation after the last step
