@@ -145,3 +145,29 @@ def test_dependencies_flow_one_way():
     assert "nanogpt4.scaling.stage" in loaded and "'nanogpt4.pipeline'" not in loaded
     code = "import sys, nanogpt4.evals.benchmarks, nanogpt4.evals.run; print([m for m in sys.modules if 'scaling' in m])"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
+def test_pretrain_trains_only_the_registered_config(tiny_tokens, tmp_path):
+    """`pretrain --registered`: the base model is the registered target — trained exactly as the sealed record
+    names it, in the run directory it names, and refused otherwise."""
+    tc = C.TrainConfig(depth=1, width=16, vocab_size=512, seq_len=64, max_tokens=4096, min_batch_seqs=4,
+                       eval_every=8, eval_tokens=1024, dtype="float32")
+    target, rec = tmp_path / "base", tmp_path / "prediction_loss.json"
+    registry.register(rec, tc.identity(), target, [], {})
+    tokens = ["--tokens", str(tiny_tokens / "tokenizer" / "tokens")]
+    with pytest.raises(FileNotFoundError):
+        main(["pretrain", "--registered", str(tmp_path / "none.json"), "--out", str(target)] + tokens)
+    with pytest.raises(registry.RegistryError, match="registers the run"):
+        main(["pretrain", "--registered", str(rec), "--out", str(tmp_path / "other")] + tokens)
+    with pytest.raises(registry.RegistryError, match="drop --depth"):
+        main(["pretrain", "--registered", str(rec), "--out", str(target), "--depth", "2"] + tokens)
+    assert not target.exists()  # nothing started
+    main(["pretrain", "--registered", str(rec), "--out", str(target), "--quiet"] + tokens)
+    cfg = json.loads((target / "config.json").read_text())
+    assert registry.config_hash(C.identity(cfg["train"], cfg["model"])) == registry.load(rec)["target_config_hash"]
+    changed = tmp_path / "changed.json"  # a record edited after registration does not verify
+    edited = json.loads(rec.read_text())
+    edited["target_config"]["width"] = 32
+    changed.write_text(json.dumps(edited))
+    with pytest.raises(registry.RegistryError, match="does not match its sha256"):
+        main(["pretrain", "--registered", str(changed), "--out", str(target)] + tokens)

