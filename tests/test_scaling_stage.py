@@ -171,3 +171,19 @@ def test_pretrain_trains_only_the_registered_config(tiny_tokens, tmp_path):
     changed.write_text(json.dumps(edited))
     with pytest.raises(registry.RegistryError, match="does not match its sha256"):
         main(["pretrain", "--registered", str(changed), "--out", str(target)] + tokens)
+
+
+def test_stage_takes_the_main_tokenizer_and_the_base_run(tiny_tokens, tmp_path, monkeypatch):
+    """--tokens: no ladder tokenizer of its own, and the preset's vocabulary becomes the shards'; --target: the run
+    that is predicted and trained is the one given (the main job's base model)."""
+    from nanogpt4.scaling import stage
+    seen = {}
+    monkeypatch.setitem(stage.STEPS, "ladder", lambda args, preset, p: seen.update(preset=preset, p=p))
+    tokens = tiny_tokens / "tokenizer" / "tokens"
+    main(["scaling", "tokenizer", "--out", str(tmp_path / "s"), "--preset", "cpu", "--tokens", str(tokens)])
+    assert not (tmp_path / "s" / "tokenizer").exists()
+    main(["scaling", "ladder", "--out", str(tmp_path / "s"), "--preset", "cpu", "--tokens", str(tokens),
+          "--target", str(tmp_path / "base")])
+    vocab = json.loads((tokens / "meta.json").read_text())["vocab_size"]
+    assert seen["preset"].vocab_size == vocab and seen["p"]["tokens"] == tokens and seen["p"]["target"] == tmp_path / "base"
+    assert L.PRESETS["cpu"].vocab_size == 1024  # the preset itself is unchanged

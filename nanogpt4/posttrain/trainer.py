@@ -139,8 +139,6 @@ def log(path, rec):
         f.write(json.dumps(rec) + "\n")
 
 
-
-
 def add_args(p, steps, lr, unit):
     """The options the supervised trainers (sft, rm, dpo) share; `unit`: what a batch holds."""
     p.add_argument("--steps", type=int, default=steps, help="optimizer steps")

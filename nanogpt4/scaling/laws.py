@@ -1,5 +1,5 @@
 """Scaling-law fits. Loss: L(C) = a·C^b + c with an irreducible term c (Henighan et al. 2020; the GPT-4 report's
-Figure 1). Capability: -E[log pass_rate](C) = α·C^(-k) (the report's Figure 2). Compute is normalised by a
+Figure 1), or L(N, D) over a grid of sizes and horizons (Hoffmann et al. 2022). Capability: -E[log pass_rate](C) = α·C^(-k) (the report's Figure 2). Compute is normalised by a
 reference (the target's compute) before fitting, so the parameters are well conditioned."""
 from dataclasses import dataclass, asdict
 
@@ -88,6 +88,53 @@ def bootstrap_loss(compute, loss, target, n=1000, seed=0, level=0.9, c_ref=None,
         raise ValueError(f"only {len(preds)} of {100 * n} bootstrap resamples had {need} distinct compute values")
     lo, hi = np.quantile(preds, [(1 - level) / 2, (1 + level) / 2])
     return point, float(lo), float(hi)
+
+
+@dataclass
+class ParamTokenFit:
+    """L(N, D) = E + A·(N/n_ref)^(-alpha) + B·(D/d_ref)^(-beta): Hoffmann et al. 2022's parametric loss (their
+    approach 3), a law over a grid of model sizes N and training tokens D instead of one line through compute."""
+    E: float
+    A: float
+    alpha: float
+    B: float
+    beta: float
+    n_ref: float
+    d_ref: float
+
+    def predict(self, params, tokens):
+        n, d = np.asarray(params, dtype=float) / self.n_ref, np.asarray(tokens, dtype=float) / self.d_ref
+        return self.E + self.A * n ** -self.alpha + self.B * d ** -self.beta
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def fit_param_tokens(params, tokens, loss, n_ref=None, d_ref=None):
+    """Least-squares fit of ParamTokenFit on log-loss residuals (relative errors, as fit_loss), from a grid of
+    starts (Hoffmann et al. fit from a grid too: the exponents and E trade off). Needs ≥ 3 distinct N, ≥ 3
+    distinct D and ≥ 2 ratios D/N: with fewer an exponent is not pinned."""
+    n, d, y = (np.asarray(v, dtype=float) for v in (params, tokens, loss))
+    distinct(n, 3, "L(N, D) (model sizes)")
+    distinct(d, 3, "L(N, D) (token counts)")
+    # ln(D/N) to 0.1 (~10%): a horizon's runs differ a little in D/N as their tokens round to whole batches
+    distinct(np.round(np.log(d / n), 1), 2, "L(N, D) (ln tokens per parameter: on one ratio N and D move together "
+             "and α, β are one)")
+    n_ref, d_ref = float(n_ref or n.max()), float(d_ref or d.max())
+    u, v, lo = n / n_ref, d / d_ref, y.min() * (1 - 1e-9)
+
+    def resid(p):
+        E, A, alpha, B, beta = p
+        return np.log(E + A * u ** -alpha + B * v ** -beta) - np.log(y)
+
+    best = None
+    for e0 in (0.0, 0.5 * lo, 0.9 * lo):
+        for a0 in (0.1, 0.5):
+            rest = max(float(np.mean(y)) - e0, 1e-3) / 2
+            r = least_squares(resid, [e0, rest, a0, rest, a0], bounds=([0, 0, 1e-3, 0, 1e-3], [lo, np.inf, 3, np.inf, 3]))
+            if best is None or r.cost < best.cost:
+                best = r
+    return ParamTokenFit(*map(float, best.x), n_ref, d_ref)
 
 
 @dataclass
