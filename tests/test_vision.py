@@ -190,6 +190,17 @@ def test_vision_stage_learns_what_only_the_image_shows_and_resumes(local_run, tm
         vision.train(local_run, data, text, again, align_steps=30, joint_steps=60, resume=True, **kw)
 
 
+def perturbed_gpt(n_layer, seq_len):
+    """A tiny GPT (vocabulary 256, width 32) with its initial weights perturbed, so no output is trivially uniform."""
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=256, n_layer=n_layer, n_embd=32, n_head=2, n_kv_head=1, seq_len=seq_len))
+    model.init_weights(seed=0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
 def test_masked_loss_reads_out_only_where_the_mask_is_and_matches_the_full_readout():
     """GPT.forward with a loss_mask computes logits at the masked positions alone (what SFT and the vision stage
     train on): the same loss and gradients as the cross-entropy of the full logits there; padding (-1) is skipped."""
@@ -221,12 +232,7 @@ def test_text_anchor_is_the_kl_at_masked_positions_and_pulls_back():
     blind to unmasked positions, and a step down its gradient moves a drifted model back toward the anchor."""
     from nanogpt4.posttrain import trainer
     from nanogpt4.train.vision import kl_to
-    torch.manual_seed(0)
-    anchor = GPT(ModelConfig(vocab_size=256, n_layer=1, n_embd=32, n_head=2, n_kv_head=1, seq_len=16))
-    anchor.init_weights(seed=0)
-    with torch.no_grad():
-        for p in anchor.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+    anchor = perturbed_gpt(n_layer=1, seq_len=16)
     model = trainer.frozen(anchor).train().requires_grad_(True)
     x, mask = torch.randint(0, 256, (2, 12)), torch.zeros(2, 12, dtype=torch.long)
     mask[:, 6:] = 1
@@ -273,12 +279,7 @@ def test_regional_compile_keeps_losses_gradients_and_checkpoint_keys():
     """`nanogpt4 vision --compile` compiles each decoder block in place (dynamic shapes: rows of every length):
     the same loss and gradients as eager at two row lengths, and the same state_dict keys (checkpoints load)."""
     import copy
-    torch.manual_seed(0)
-    eager = GPT(ModelConfig(vocab_size=256, n_layer=2, n_embd=32, n_head=2, n_kv_head=1, seq_len=32))
-    eager.init_weights(seed=0)
-    with torch.no_grad():
-        for p in eager.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+    eager = perturbed_gpt(n_layer=2, seq_len=32)
     compiled = copy.deepcopy(eager)
     for block in compiled.blocks:
         block.compile(dynamic=True)
