@@ -17,7 +17,7 @@ def facts(run):
     run = Path(run)
     done, cfg = json.loads((run / "done.json").read_text()), read_config(run)
     mc = C.ModelConfig(**cfg["model"])
-    return dict(run=str(run), params=done["params"], ne_params=done["params"] - 2 * mc.vocab_size * mc.n_embd,
+    return dict(run=str(run), params=done["params"], ne_params=C.count_params(mc, non_embedding=True),
                 tokens=done["tokens"], compute=done["flops"], final=done["final"])
 
 

@@ -102,13 +102,14 @@ def identity(train: dict, model: dict) -> dict:
     return {**train, **{f"model.{k}": v for k, v in model.items()}}
 
 
-def count_params(mc: ModelConfig):
-    """Parameters of the model a config makes, without building it (matches GPT.num_params)."""
+def count_params(mc: ModelConfig, non_embedding=False):
+    """Parameters of the model a config makes, without building it (matches GPT.num_params); `non_embedding`:
+    the transformer blocks' only, embedding and readout excluded (Kaplan et al. 2020's N)."""
     d, L, V = mc.n_embd, mc.n_layer, mc.vocab_size
     attn = d * mc.n_head * mc.head_dim * 2 + d * 2 * mc.n_kv_head * mc.head_dim
     mlp = 2 * d * 4 * d
     gates = mc.n_head + (mc.n_kv_head if mc.smear_keys else 0)  # per-head query gains and key-smear mixes
-    return 2 * V * d + L * (attn + mlp + gates)
+    return (0 if non_embedding else 2 * V * d) + L * (attn + mlp + gates)
 
 
 def flops_per_token(mc: ModelConfig, non_embedding=False):
@@ -118,7 +119,7 @@ def flops_per_token(mc: ModelConfig, non_embedding=False):
     al. 2020's 6·N with N the transformer blocks' parameters only, embedding and readout excluded — at small
     widths the readout is most of a model's FLOPs but buys little loss."""
     if non_embedding:
-        return 6 * (count_params(mc) - 2 * mc.vocab_size * mc.n_embd)
+        return 6 * count_params(mc, non_embedding=True)
     return 6 * (count_params(mc) - mc.vocab_size * mc.n_embd) + 12 * mc.n_layer * mc.seq_len * mc.n_embd
 
 

@@ -1,6 +1,7 @@
 """Scaling-law fits. Loss: L(C) = a·C^b + c with an irreducible term c (Henighan et al. 2020; the GPT-4 report's
-Figure 1), or L(N, D) over a grid of sizes and horizons (Hoffmann et al. 2022). Capability: -E[log pass_rate](C) = α·C^(-k) (the report's Figure 2). Compute is normalised by a
-reference (the target's compute) before fitting, so the parameters are well conditioned."""
+Figure 1), or L(N, D) over a grid of sizes and horizons (Hoffmann et al. 2022). Capability: -E[log pass_rate](C)
+= α·C^(-k) (the report's Figure 2). Compute, sizes and tokens are normalised by a reference (the target's, or the
+largest run's) before fitting, so the parameters are well conditioned."""
 from dataclasses import dataclass, asdict
 
 import numpy as np
