@@ -25,7 +25,8 @@ def main():
     over = {}
     for kv in a.overrides:
         k, v = kv.split("=")
-        kind = fields[k].type if k in fields else str  # the annotation: a float field may default to an int
+        known = {**L.Preset.__dataclass_fields__, **fields}  # TrainConfig fields and the preset's (min_depth)
+        kind = known[k].type if k in known else str  # the annotation: a float field may default to an int
         over[k] = v.lower() in ("1", "true") if kind is bool else kind(v)
     preset = replace(L.PRESETS[a.preset], **{k: over.pop(k) for k in list(over) if k in ("tokens_per_param", "min_depth")})
     for w in map(int, a.widths.split(",")):
