@@ -5,8 +5,7 @@ a role is never folded into another turn's text). `render` can end with an open 
 answer must continue) to generate from, and returns a loss mask that is 1 exactly on assistant content and its
 closing `<|end|>`, what SFT trains on. Image content parts become `<|image|>` placeholders (as many per image as
 the caller's vision model costs, with its tile markers: model/vision.py `see`; the model splices image embeddings
-in at them). Special-token strings inside
-content are encoded as plain text, so a user cannot forge a turn.
+in at them). Special-token strings inside content are encoded as plain text, so a user cannot forge a turn.
 
 Base models have no chat format: `to_plain_text` is openai/evals' rendering of messages as "Role: content" lines.
 """
@@ -77,7 +76,7 @@ def render(tok, messages, generate=True, prefix="", image=1):
     """Token ids and loss mask of a conversation. `generate`: end with an open assistant turn (and `prefix`, text
     the answer starts with) for the model to continue; otherwise the conversation is complete (training). `image`:
     the placeholders of each image part (an int), or a function part → its layout, a list of runs of placeholders
-    (ints) and marker texts (strs), called on the image parts in order (model/vision.py `see_part`)."""
+    (ints) and marker texts (strs), called on the image parts in order (model/vision.py `render`)."""
     validate(messages)
     if prefix and not generate:
         raise ChatError("an assistant prefix needs generate=True")

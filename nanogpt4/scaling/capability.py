@@ -229,8 +229,6 @@ def problem_set_hash(problems):
 
 STOP_RULE = "humaneval.completion_end/1"  # part of the cached settings: a new rule is new measurements
 PROMPT_RULE = "prompt-first/1"  # how prompt and completion share the context (`sample_completions`), likewise
-
-
 MIN_NEW_TOKENS = 32  # the least room a completion gets: a prompt is cut from its left only to leave this much
 
 
@@ -252,8 +250,8 @@ def measure(runs, problems, n=100, temperature=0.8, top_k=None, max_new_tokens=6
     problem, identical programs executed once. Results are cached per run in
     <run>/capability/<settings>.json (written after every problem, tied to the checkpoint), so a re-run skips
     finished work. `table`: also write the whole table there."""
-    settings = dict(problem_set=problem_set_hash(problems), stop_rule=STOP_RULE, prompt_rule=PROMPT_RULE, n=n, temperature=temperature, top_k=top_k,
-                    max_new_tokens=max_new_tokens, seed=seed)
+    settings = dict(problem_set=problem_set_hash(problems), stop_rule=STOP_RULE, prompt_rule=PROMPT_RULE, n=n,
+                    temperature=temperature, top_k=top_k, max_new_tokens=max_new_tokens, seed=seed)
     tag = hashlib.sha256(registry.canonical(settings).encode()).hexdigest()[:12]
     out = {}
     for run in runs:

@@ -132,7 +132,8 @@ def fit_param_tokens(params, tokens, loss, n_ref=None, d_ref=None):
     for e0 in (0.0, 0.5 * lo, 0.9 * lo):
         for a0 in (0.1, 0.5):
             rest = max(float(np.mean(y)) - e0, 1e-3) / 2
-            r = least_squares(resid, [e0, rest, a0, rest, a0], bounds=([0, 0, 1e-3, 0, 1e-3], [lo, np.inf, 3, np.inf, 3]))
+            r = least_squares(resid, [e0, rest, a0, rest, a0],
+                              bounds=([0, 0, 1e-3, 0, 1e-3], [lo, np.inf, 3, np.inf, 3]))
             if best is None or r.cost < best.cost:
                 best = r
     return ParamTokenFit(*map(float, best.x), n_ref, d_ref)
