@@ -28,10 +28,11 @@ def main():
         known = {**L.Preset.__dataclass_fields__, **fields}  # TrainConfig fields and the preset's (min_depth)
         kind = known[k].type if k in known else str  # the annotation: a float field may default to an int
         over[k] = v.lower() in ("1", "true") if kind is bool else kind(v)
-    preset = replace(L.PRESETS[a.preset], **{k: over.pop(k) for k in list(over) if k in ("tokens_per_param", "min_depth")})
+    r = over.pop("tokens_per_param", L.PRESETS[a.preset].target_tokens_per_param)
+    preset = replace(L.PRESETS[a.preset], **{k: over.pop(k) for k in list(over) if k in L.Preset.__dataclass_fields__})
     for w in map(int, a.widths.split(",")):
         for s in map(int, a.seeds.split(",")):
-            tc = replace(L.rung(preset, w, s), **over)
+            tc = replace(L.rung(preset, w, r, s), **over)
             tc = replace(tc, eval_every=C.derive(tc)["steps"], compile=C.train_flops(tc) > 1e14)
             run = Path("runs/explore") / a.tag / L.name(tc)
             done = L.train_run(tc, run, a.tokens)

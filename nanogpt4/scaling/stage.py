@@ -51,9 +51,9 @@ def step_predict(args, preset, p):
         return "skipped"
     ladder, tc = json.loads(p["ladder"].read_text()), L.target_config(preset)
     if not p["record"].exists():
-        rec = predict.register_loss(p["record"], tc, p["target"], ladder["runs"])
+        rec = predict.register_loss(p["record"], tc, p["target"], ladder["runs"], curve=L.target_line(preset))
         for m, v in rec["prediction"]["metrics"].items():
-            print(f"  registered {m}: {v['loss']:.4f} [{v['interval'][0]:.4f}, {v['interval'][1]:.4f}] "
+            print(f"  registered {m}, {v['law']}: {v['loss']:.4f} [{v['interval'][0]:.4f}, {v['interval'][1]:.4f}] "
                   f"at {rec['prediction']['target_compute']:.3e} FLOPs (sha256 {rec['record_sha256'][:12]})")
             a = rec["prediction"]["alternative"][m]
             print(f"    alternative {a['law']}: {a['loss']:.4f} [{a['interval'][0]:.4f}, {a['interval'][1]:.4f}]")
@@ -90,11 +90,10 @@ def step_verify(args, preset, p):
     others = json.loads(p["ladder"].read_text()).get("capability_runs", [])
     res = predict.verify_loss(p["record"], p["target"], args.out, others)
     for m, v in res["metrics"].items():
-        print(f"  {m}: predicted {v['predicted']:.4f} [{v['interval'][0]:.4f}, {v['interval'][1]:.4f}], "
+        print(f"  {m}, {v['law']}: predicted {v['predicted']:.4f} [{v['interval'][0]:.4f}, {v['interval'][1]:.4f}], "
               f"measured {v['measured']:.4f}, error {v['rel_error']:+.2%}")
-        if "alternative" in v:
-            a = v["alternative"]
-            print(f"    alternative {a['law']}: predicted {a['predicted']:.4f}, error {a['rel_error']:+.2%}")
+        a = v["alternative"]
+        print(f"    alternative {a['law']}: predicted {a['predicted']:.4f}, error {a['rel_error']:+.2%}")
     if p["cap_record"].exists():
         capability.verify_capability(p["cap_record"], p["target"], problems=capability.build_problems(),
                                      out=Path(args.out) / "verify_capability.json",

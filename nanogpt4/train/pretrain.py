@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from .. import config as C
@@ -78,6 +79,20 @@ def eval_windows(data, seq_len, max_tokens):
     buf = np.stack([data[s:s + seq_len + 1] for s in starts]).astype(np.int64)
     t = torch.from_numpy(buf)
     return t[:, :-1], t[:, 1:]
+
+
+@torch.no_grad()
+def loss_by_position(model, data, n_tokens, seq_len=None, micro_batch=32):
+    """Mean loss at each position of fixed windows of `data` (a split's tokens), (seq_len,): how much a model
+    gains from its context. The drop from the first positions to the late ones is Olsson et al. 2022's
+    in-context learning score; past the trained context it shows whether a long-context variant uses it."""
+    x, y = eval_windows(data, seq_len or model.cfg.seq_len, n_tokens)
+    losses = []
+    for i in range(0, len(x), micro_batch):
+        with torch.autocast("cpu", torch.bfloat16):
+            logits = model(x[i:i + micro_batch])
+        losses.append(F.cross_entropy(logits.float().transpose(1, 2), y[i:i + micro_batch], reduction="none"))
+    return torch.cat(losses).mean(0)
 
 
 def all_reduce_sum(t, device):
