@@ -9,7 +9,7 @@ import sys
 
 from nanogpt4.data import shards
 from nanogpt4.runs import load as load_run
-from nanogpt4.train.pretrain import loss_by_position
+from nanogpt4.train.pretrain import eval_windows, loss_by_position
 
 BUCKETS = [(0, 8), (8, 32), (32, 96), (96, 256)]
 
@@ -17,7 +17,8 @@ BUCKETS = [(0, 8), (8, 32), (32, 96), (96, 256)]
 def main(runs, split="heldout_code", n_tokens=2 ** 16):
     for run in runs:
         loaded = load_run(run, "cpu")
-        per_pos = loss_by_position(loaded.model, shards.load(loaded.config["tokens_dir"], split), n_tokens)
+        data = shards.load(loaded.config["tokens_dir"], split)
+        per_pos = loss_by_position(loaded.model, *eval_windows(data, loaded.model.cfg.seq_len, n_tokens))
         buckets = [per_pos[a:b].mean().item() for a, b in BUCKETS if b <= len(per_pos)]
         flops = json.loads(open(f"{run}/done.json").read())["flops"]
         print(f"{run:45s} {flops:.2e}  " + "  ".join(f"{a}-{b}: {v:.3f}" for (a, b), v in zip(BUCKETS, buckets))

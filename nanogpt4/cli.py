@@ -12,6 +12,7 @@ STAGES = {  # name: (module, help)
     "data": ("nanogpt4.data.corpus", "fetch, clean, dedup and split the corpus"),
     "tokenizer": ("nanogpt4.tokenizer", "train the BPE tokenizer and tokenise the corpus"),
     "pretrain": ("nanogpt4.train.pretrain", "pretrain a GPT (one process or torchrun)"),
+    "long-context": ("nanogpt4.train.long_context", "the long-context variant of the base model (4× its context)"),
     "sample": ("nanogpt4.sample", "generate text from a checkpoint"),
     "scaling": ("nanogpt4.scaling.stage", "ladder, registered predictions and their verification"),
     "eval": ("nanogpt4.evals.run", "run registry evals (openai/evals format) on a model; show records"),

@@ -15,15 +15,22 @@ from .common import atomic_write_json
 
 # The presets: per stage after the base model, what the main job adds to that stage's own command. The base model
 # and its ladder are the scaling preset of the same name (scaling/ladder.py PRESETS), the one place they are set.
-# "cpu" is the CPU default (≤ 90 min on 2 cores); "gpu" a Chinchilla-horizon run for one GPU; "tiny" for tests.
+# "cpu" is the CPU default (≤ 90 min on 2 cores); "long" the report's 1/1,000 ratio on a CPU (hours, resumable);
+# "gpu" a Chinchilla-horizon run for one GPU; "tiny" for tests.
 PRESETS = {
-    "cpu": dict(posttrain=[], vision_data=[], vision=["--compile"], evals=[]),
-    "gpu": dict(posttrain=[], vision_data=[], vision=["--compile"], evals=[]),
-    "tiny": dict(posttrain=["--steps", "4"],  # each post-training trainer's horizon: a peek
+    "cpu": dict(long_context=[], posttrain=[], vision_data=[], vision=["--compile"], evals=[]),
+    "long": dict(long_context=[], posttrain=[], vision_data=[], vision=["--compile"], evals=[]),
+    "gpu": dict(long_context=["--batch-size", "32", "--steps", "500"], posttrain=[], vision_data=[], vision=["--compile"],
+                evals=[]),
+    "tiny": dict(long_context=["--steps", "4", "--batch-size", "2", "--eval-windows", "4"],
+                 posttrain=["--steps", "4"],  # each post-training trainer's horizon: a peek
                  vision_data=["--train-per-task", "40", "--heldout-per-task", "8", "--tasks", "colour,shape,count,compare"],
                  vision=["--align-steps", "2", "--joint-steps", "4"],
                  evals=["--max-samples", "2"]),  # the report card: every benchmark item, or a peek
 }
+
+
+LONG_PRICES = dict(prompt=0.06, completion=0.12)  # twice the base's, as GPT-4-32k's were GPT-4-8k's (USD per 1K)
 
 
 def posttrain(stage, out, args):
@@ -54,9 +61,12 @@ def vision(stage, out, args):
     stage("vision", ["--base", str(out / "sft"), "--data", str(data), "--text", str(out / "posttrain" / "data" / "sft.jsonl"),
                      "--out", str(out / "vision" / "run"), "--resume"] + PRESETS[args.preset]["vision"], "vision/run/done.json")
     from .serve import models as snapshots
-    served = snapshots.write(out / "models.yaml", {"nano4-base": out / "pretrain", "nano4-sft": out / "sft",
-                                                    "nano4": out / "rlhf", "nano4-dpo": out / "dpo",
-                                                    "nano4-vision": out / "vision" / "run"}, {"nano4": "nano4"})
+    n = json.loads((out / "pretrain-long" / "done.json").read_text())["seq_len"]
+    long = f"nano4-base-{n}"
+    served = snapshots.write(out / "models.yaml", {"nano4-base": out / "pretrain", long: out / "pretrain-long",
+                                                    "nano4-sft": out / "sft", "nano4": out / "rlhf",
+                                                    "nano4-dpo": out / "dpo", "nano4-vision": out / "vision" / "run"},
+                             {"nano4": "nano4"}, settings={long: dict(prices=LONG_PRICES, context_length=n)})
     print(f"models file for `nanogpt4 serve --models {out / 'models.yaml'}`: {', '.join(served.names())}")
 
 
@@ -96,6 +106,9 @@ def main(args):
     # the ladder, the registered prediction, then the base model itself (the target), verified against it
     stage("scaling", ["all", "--out", str(out / "scaling"), "--corpus", str(out / "corpus"), "--tokens", str(tokens),
                       "--target", str(out / "pretrain"), "--preset", args.preset], "scaling/humaneval.json")
+    # the 8K → 32K analogue: the base model at 4× its context, its own served snapshot
+    stage("long-context", ["--base", str(out / "pretrain"), "--tokens", str(tokens), "--out", str(out / "pretrain-long"),
+                           "--resume"] + PRESETS[args.preset]["long_context"], "pretrain-long/done.json")
     from . import report, runs, sample
     from .engine import Engine
     run = runs.load(out / "pretrain")

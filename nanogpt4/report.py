@@ -132,6 +132,28 @@ def pretrain_section(out):
     return lines
 
 
+def long_context_section(out):
+    done = _read(out / "pretrain-long" / "done.json")
+    if not done:
+        return []
+    c, n = done["context"], done["seq_len"]
+    lines = ["## Long context (the 8K → 32K analogue)", "",
+             f"`nanogpt4 long-context` (`nanogpt4/train/long_context.py`): the base model at {n // c}× its context, "
+             f"{c} → {n} tokens, RoPE base raised to {done['rope_theta']:,.0f} (NTK-aware) and pretrained "
+             f"{done['tokens'] / 1e6:.2f}M tokens more on {n}-token windows of single documents "
+             f"({done['train_documents']:,} training documents are that long) in {done['seconds']:.0f} s. Held-out loss by "
+             "position (nats/token) on fixed long-document windows; the base model at the new context without the "
+             "continued pretraining beside it. Served as its own snapshot with its own context length and prices.", "",
+             f"| split | model | positions {3 * c // 4}-{c} | {c}-{2 * c} | {2 * c}-{n} | keeps falling past {c} |",
+             "|---|---|---:|---:|---:|---|"]
+    for s, v in done["buckets"].items():
+        u = done["untrained_buckets"][s]
+        lines.append(f"| {s} | variant | {v['below']:.4f} | {v['x1_2']:.4f} | {v['x2_4']:.4f} | "
+                     f"**{'yes' if done['keeps_falling'][s] else 'no'}** |")
+        lines.append(f"| {s} | base, untrained at {n} | {u['below']:.4f} | {u['x1_2']:.4f} | {u['x2_4']:.4f} | |")
+    return lines + ["", "![loss by position](pretrain-long/by_position.png)", ""]
+
+
 def samples_section(out):
     samples = _read(out / "samples.json")
     if not samples:
@@ -371,7 +393,7 @@ def timings_section(out):
         return []
     lines = ["## Stage timings", "", "Wall-clock seconds of the run that did each stage's work (`timings.json`).", "",
              "| stage | seconds | command |", "|---|---:|---|"]
-    order = ["data", "tokenizer", "scaling", "sample", "serve", "posttrain-data", "sft", "rm", "rlhf", "dpo", "behaviour",
+    order = ["data", "tokenizer", "scaling", "long-context", "sample", "serve", "posttrain-data", "sft", "rm", "rlhf", "dpo", "behaviour",
              "vision-data", "vision", "scaling", "report"]
     for k in sorted(t, key=lambda k: order.index(k) if k in order else len(order)):
         lines.append(f"| {k} | {t[k]['seconds']} | `{t[k]['command']}` |")
@@ -387,8 +409,8 @@ def write(out):
         plot_losses(metrics, out / "loss.png")
         plot_throughput(metrics, out / "throughput.png")
     lines = ["# nanogpt4 report card", "", f"Work directory: `{out}`.", ""]
-    for section in (timings_section, corpus_section, tokenizer_section, pretrain_section, samples_section,
-                    serve_section, posttrain_section, vision_section, scaling_section, evals_section):
+    for section in (timings_section, corpus_section, tokenizer_section, pretrain_section, long_context_section,
+                    samples_section, serve_section, posttrain_section, vision_section, scaling_section, evals_section):
         lines += section(out)
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")

@@ -22,16 +22,19 @@ def test_main_job_tiny_preset(tmp_path):
                    "HumanEval", "GSM-8K", "TruthfulQA", "ECE", "## Serving smoke test", "all passed", "## Post-training",
                    "fails to refuse (disallowed)", "HHH",
                    "rlhf vs sft", "letter mode side by side", "TruthfulQA MC1 of both models",
-                   "## Vision", "| colour |", "Held-out text loss", "vision/examples/colour-0.png"):
+                   "## Vision", "| colour |", "Held-out text loss", "vision/examples/colour-0.png",
+                   "## Long context", "pretrain-long/by_position.png"):
         assert needle in report, needle
     assert (out / "loss.png").stat().st_size > 10_000 and (out / "throughput.png").exists()
     timings = json.loads((out / "timings.json").read_text())
-    assert set(timings) >= {"data", "tokenizer", "scaling", "sample", "serve", "posttrain-data", "sft", "rm", "rlhf",
+    assert set(timings) >= {"data", "tokenizer", "scaling", "long-context", "sample", "serve", "posttrain-data", "sft", "rm", "rlhf",
                             "dpo", "behaviour", "vision-data", "vision"}
     from nanogpt4.serve import models
     served = models.load(out / "models.yaml")
     assert served.resolve("nano4").run == (out / "rlhf").resolve()  # RLHF is recommended
     assert [n for n in served.names() if n.startswith("nano4-vision-")]  # the vision model is served
+    long = served.resolve(next(n for n in served.names() if n.startswith("nano4-base-1024-")))  # and the 4× variant
+    assert long.run == (out / "pretrain-long").resolve() and long.prices == dict(prompt=0.06, completion=0.12)
     assert (out / "vision" / "examples" / "colour-0.png").stat().st_size > 100
     smoke = json.loads((out / "serve_smoke.json").read_text())
     assert smoke["passed"] and smoke["checks"]["usage metered"]["passed"] and smoke["ttft_s"] > 0
@@ -44,3 +47,12 @@ def test_main_job_tiny_preset(tmp_path):
     record = registry.load(out / "scaling" / "prediction_loss.json")
     assert Path(record["target_run"]) == out / "pretrain" and "registered target" in report
     assert (out / "pretrain" / "done.json").stat().st_mtime > (out / "scaling" / "prediction_loss.json").stat().st_mtime
+
+
+def test_every_main_job_preset_has_its_base_model_and_ladder():
+    """One place sets the base model: the scaling preset of the same name (`nanogpt4 run --preset X` trains the
+    ladder and the base model of scaling/ladder.py's PRESETS[X]); the main job's table holds only later stages."""
+    from nanogpt4 import pipeline
+    from nanogpt4.scaling import ladder
+    assert set(pipeline.PRESETS) == set(ladder.PRESETS)
+    assert all("pretrain" not in stages and "scaling" not in stages for stages in pipeline.PRESETS.values())

@@ -34,7 +34,7 @@ def test_dial_below_one_layer_and_compute_known_in_advance():
         L.check_preset(p)  # every fit run within the preset's compute fraction of the target
         for tc in L.fit_configs(p) + L.cap_configs(p) + [L.target_config(p)]:
             tc.model_config().validate()  # a head layout the model accepts
-    for name, ratio in (("cpu", 1e-2), ("gpu", 1e-3)):  # the ratios: fit runs ≤ 1/100 (1/1,000) of the base
+    for name, ratio in (("cpu", 1e-2), ("long", 1e-3), ("gpu", 1e-3)):  # the ratios: fit runs ≤ 1/100 (1/1,000) of the base
         p = L.PRESETS[name]
         assert max(map(C.train_flops, L.fit_configs(p))) <= ratio * C.train_flops(L.target_config(p))
 

@@ -232,10 +232,16 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        cos, sin = rope_tables(cfg.seq_len, cfg.head_dim, cfg.rope_theta)
-        self.register_buffer("cos", cos, persistent=False)
-        self.register_buffer("sin", sin, persistent=False)
+        self.register_buffer("cos", None, persistent=False)
+        self.register_buffer("sin", None, persistent=False)
+        self.set_rope()
         self.init_weights()
+
+    def set_rope(self):
+        """(Re)build the RoPE tables from cfg.seq_len and cfg.rope_theta: at construction, and when a variant
+        changes its context (train/long_context.py)."""
+        device = self.wte.weight.device
+        self.cos, self.sin = rope_tables(self.cfg.seq_len, self.cfg.head_dim, self.cfg.rope_theta, device)
 
     @property
     def width_mult(self):

@@ -50,6 +50,10 @@ PRESETS = {
                   fit_grid=((24, 4), (32, 4), (40, 4), (48, 4), (16, 8), (24, 8), (32, 8)),
                   cap_widths=(96, 128, 160), seeds=(1337,), capability=dict(n=100),
                   humaneval=dict(n=10, max_new_tokens=128)),
+    "long": Preset(vocab_size=4096, target_width=384, target_tokens_per_param=3, min_depth=2, max_fit_fraction=1e-3,
+                   fit_grid=((24, 4), (32, 4), (40, 4), (16, 8), (24, 8), (32, 8), (16, 16), (24, 16)),
+                   cap_widths=(128, 192, 256), seeds=(1337, 1338, 1339), capability=dict(n=100),
+                   humaneval=dict(n=10, max_new_tokens=128)),
     "tiny": Preset(vocab_size=512, target_width=64, target_tokens_per_param=1, max_fit_fraction=0.05,
                     fit_grid=((8, 1), (12, 1), (16, 1), (8, 2), (12, 2)), cap_widths=(24, 32), eval_tokens=2 ** 14,
                     train=dict(dtype="float32"), capability=dict(n=4, max_new_tokens=16),
@@ -135,7 +139,8 @@ def copying(run, n_tokens=2 ** 16):
     from ..runs import load
     loaded = load(run, "cpu")
     T = loaded.model.cfg.seq_len
-    per_pos = pretrain.loss_by_position(loaded.model, shards.load(loaded.config["tokens_dir"], "heldout_code"), n_tokens)
+    per_pos = pretrain.loss_by_position(loaded.model, *pretrain.eval_windows(
+        shards.load(loaded.config["tokens_dir"], "heldout_code"), T, n_tokens))
     return float(per_pos[:8].mean() - per_pos[3 * T // 8:].mean())
 
 

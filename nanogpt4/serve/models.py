@@ -115,12 +115,14 @@ def load(path):
     return parse(cfg, path.parent)
 
 
-def write(path, run_dirs, aliases, today=None):
+def write(path, run_dirs, aliases, today=None, settings=None):
     """A models file pinning each run's newest checkpoint as the snapshot `<name>-<yyyymmdd>` (run_dirs: name → run
-    directory), with `aliases` (alias → name); checked by parsing it back, written atomically. Returns Models."""
-    date = (today or dt.date.today()).strftime("%Y%m%d")
+    directory), with `aliases` (alias → name) and per-name `settings` (e.g. prices: the 32K model cost twice the 8K
+    one); checked by parsing it back, written atomically. Returns Models."""
+    date, settings = (today or dt.date.today()).strftime("%Y%m%d"), settings or {}
     cfg = {"snapshots": {f"{name}-{date}": {"run": str(Path(run).resolve()),
-                                            "checkpoint_sha256": weights_sha256(newest_checkpoint(run))}
+                                            "checkpoint_sha256": weights_sha256(newest_checkpoint(run)),
+                                            **settings.get(name, {})}
                          for name, run in run_dirs.items()},
            "aliases": {alias: f"{name}-{date}" for alias, name in aliases.items()}}
     models = parse(cfg)

@@ -82,11 +82,10 @@ def eval_windows(data, seq_len, max_tokens):
 
 
 @torch.no_grad()
-def loss_by_position(model, data, n_tokens, seq_len=None, micro_batch=32):
-    """Mean loss at each position of fixed windows of `data` (a split's tokens), (seq_len,): how much a model
-    gains from its context. The drop from the first positions to the late ones is Olsson et al. 2022's
-    in-context learning score; past the trained context it shows whether a long-context variant uses it."""
-    x, y = eval_windows(data, seq_len or model.cfg.seq_len, n_tokens)
+def loss_by_position(model, x, y, micro_batch=32):
+    """Mean loss at each position over the windows x, y (N, T): how much a model gains from its context. The drop
+    from the first positions to the late ones is Olsson et al. 2022's in-context learning score; past a trained
+    context it shows whether a long-context variant uses it."""
     losses = []
     for i in range(0, len(x), micro_batch):
         with torch.autocast("cpu", torch.bfloat16):
