@@ -18,7 +18,7 @@ def main():
     ap.add_argument("--widths", required=True)
     ap.add_argument("--seeds", default="1337")
     ap.add_argument("--preset", default="cpu")
-    ap.add_argument("--tokens", default="runs/default/scaling/tokenizer/tokens")
+    ap.add_argument("--tokens", default="runs/default/tokenizer/tokens")
     ap.add_argument("overrides", nargs="*", help="TrainConfig field=value")
     a = ap.parse_args()
     fields = C.TrainConfig.__dataclass_fields__

@@ -8,10 +8,12 @@ inside `nanogpt4 scaling all`). Its size, horizon and vocabulary are the ladder 
 import json
 import shlex
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from .cli import run_stage
 from .common import atomic_write_json
+from .scaling import ladder
 
 # The presets: per stage after the base model, what the main job adds to that stage's own command. The base model
 # and its ladder are the scaling preset of the same name (scaling/ladder.py PRESETS), the one place they are set.
@@ -20,7 +22,7 @@ from .common import atomic_write_json
 PRESETS = {
     "cpu": dict(long_context=[], posttrain=[], vision_data=[], vision=["--compile"], evals=[]),
     "long": dict(long_context=[], posttrain=[], vision_data=[], vision=["--compile"], evals=[]),
-    "gpu": dict(long_context=["--batch-size", "32", "--steps", "500"], posttrain=[], vision_data=[], vision=["--compile"],
+    "gpu": dict(long_context=["--steps", "300"], posttrain=[], vision_data=[], vision=["--compile"],
                 evals=[]),
     "tiny": dict(long_context=["--steps", "4", "--batch-size", "2", "--eval-windows", "4"],
                  posttrain=["--steps", "4"],  # each post-training trainer's horizon: a peek
@@ -79,6 +81,8 @@ def add_args(p):
 
 
 def main(args):
+    if args.vocab_size:  # before any work: the ladder's fit runs must stay within their share of the base's compute
+        ladder.check_preset(replace(ladder.PRESETS[args.preset], vocab_size=args.vocab_size))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     timings_path = out / "timings.json"
@@ -99,10 +103,9 @@ def main(args):
     if args.cache:
         data += ["--cache", args.cache]
     stage("data", data, "corpus/manifest.json")
-    from .scaling.ladder import PRESETS as BASE
-    tokens = out / "tokenizer" / "tokens"
-    stage("tokenizer", ["--corpus", str(out / "corpus"), "--out", str(out / "tokenizer"),
-                        "--vocab-size", str(args.vocab_size or BASE[args.preset].vocab_size)], "tokenizer/tokens/meta.json")
+    tokens, vocab = out / "tokenizer" / "tokens", args.vocab_size or ladder.PRESETS[args.preset].vocab_size
+    stage("tokenizer", ["--corpus", str(out / "corpus"), "--out", str(out / "tokenizer"), "--vocab-size", str(vocab)],
+          "tokenizer/tokens/meta.json")
     # the ladder, the registered prediction, then the base model itself (the target), verified against it
     stage("scaling", ["all", "--out", str(out / "scaling"), "--corpus", str(out / "corpus"), "--tokens", str(tokens),
                       "--target", str(out / "pretrain"), "--preset", args.preset], "scaling/humaneval.json")

@@ -144,13 +144,13 @@ def long_context_section(out):
              f"({done['train_documents']:,} training documents are that long) in {done['seconds']:.0f} s. Held-out loss by "
              "position (nats/token) on fixed long-document windows; the base model at the new context without the "
              "continued pretraining beside it. Served as its own snapshot with its own context length and prices.", "",
-             f"| split | model | positions {3 * c // 4}-{c} | {c}-{2 * c} | {2 * c}-{n} | keeps falling past {c} |",
+             f"| split | model | positions {3 * c // 4}-{c} | {c}-{2 * c} | {2 * c}-{n} | lower at {2 * c}-{n} than below {c} |",
              "|---|---|---:|---:|---:|---|"]
     for s, v in done["buckets"].items():
         u = done["untrained_buckets"][s]
-        lines.append(f"| {s} | variant | {v['below']:.4f} | {v['x1_2']:.4f} | {v['x2_4']:.4f} | "
+        lines.append(f"| {s} | variant | {v['below']:.4f} | {v['x1_2']:.4f} | {v['far']:.4f} | "
                      f"**{'yes' if done['keeps_falling'][s] else 'no'}** |")
-        lines.append(f"| {s} | base, untrained at {n} | {u['below']:.4f} | {u['x1_2']:.4f} | {u['x2_4']:.4f} | |")
+        lines.append(f"| {s} | base, untrained at {n} | {u['below']:.4f} | {u['x1_2']:.4f} | {u['far']:.4f} | |")
     return lines + ["", "![loss by position](pretrain-long/by_position.png)", ""]
 
 
@@ -293,8 +293,8 @@ def scaling_section(out):
                      f"{rs[0]['compute']:.3g} | {mean('heldout_code'):.4f} ± {spread('heldout_code'):.4f} | "
                      f"{mean('val_text'):.4f} ± {spread('val_text'):.4f} | "
                      f"{statistics.mean(r.get('icl', float('nan')) for r in rs):+.2f} |")
-    lines += ["", "(± is half the range over seeds. Copying: held-out code loss at the first 8 positions minus at "
-              "positions 96-255, Olsson et al.'s in-context learning score; ~0.5 without in-context copying, ≥ 1 with "
+    lines += ["", "(± is half the range over seeds. Copying: held-out code loss at the first 8 positions minus over "
+              "the last five eighths of the window, Olsson et al.'s in-context learning score; ~0.5 without in-context copying, ≥ 1 with "
               "it: `ladder.copying`.)", ""]
     if record:
         pred = record["prediction"]
@@ -393,8 +393,8 @@ def timings_section(out):
         return []
     lines = ["## Stage timings", "", "Wall-clock seconds of the run that did each stage's work (`timings.json`).", "",
              "| stage | seconds | command |", "|---|---:|---|"]
-    order = ["data", "tokenizer", "scaling", "long-context", "sample", "serve", "posttrain-data", "sft", "rm", "rlhf", "dpo", "behaviour",
-             "vision-data", "vision", "scaling", "report"]
+    order = ["data", "tokenizer", "scaling", "long-context", "sample", "serve", "posttrain-data", "sft", "rm", "rlhf",
+             "dpo", "behaviour", "vision-data", "vision", "report"]
     for k in sorted(t, key=lambda k: order.index(k) if k in order else len(order)):
         lines.append(f"| {k} | {t[k]['seconds']} | `{t[k]['command']}` |")
     lines.append(f"| **total** | {sum(v['seconds'] for v in t.values()):.1f} | |")

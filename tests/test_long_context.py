@@ -39,9 +39,9 @@ def test_variant_trains_at_four_times_the_context_and_is_served(tiny_tokens, tmp
     done = json.loads((out / "done.json").read_text())
     assert done["seq_len"] == 64 and done["context"] == 16 and done["tokens"] == 40 * 8 * 64
     for s in LC.SPLITS:
-        assert len(done["by_position"][s]) == 64 and set(done["buckets"][s]) == {"below", "x1_2", "x2_4"}
+        assert len(done["by_position"][s]) == 64 and set(done["buckets"][s]) == {"below", "x1_2", "far"}
         # trained at the long context, the far positions improve on the untrained base at the same positions
-        assert done["buckets"][s]["x2_4"] < done["untrained_buckets"][s]["x2_4"]
+        assert done["buckets"][s]["far"] < done["untrained_buckets"][s]["far"]
     assert (out / "by_position.png").stat().st_size > 10_000
     run = runs.load(out, "cpu")
     assert run.model.cfg.seq_len == 64 and run.model.cos.shape[0] == 64

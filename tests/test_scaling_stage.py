@@ -71,7 +71,7 @@ def test_tiny_preset_end_to_end(tiny_tokens, tmp_path):
         assert abs(v["rel_error"]) < 0.5 and (root / "scaling" / f"fig1_{m}.png").stat().st_size > 10_000
     scaling(root, "hindsight")
     hs = json.loads((root / "scaling" / "hindsight.json").read_text())
-    assert len(hs["runs"]) + len(hs["skipped"]) == len(rows) + 3  # 64-token contexts are too short for the task
+    assert len(hs["runs"]) + len(hs["skipped"]) == len(rows) + 3  # the hindsight task fits or is skipped, by name
     scaling(root, "humaneval")
     he = json.loads((root / "scaling" / "humaneval.json").read_text())
     assert he["problems"] == 164 and 0 <= he["pass@1"] <= 1

@@ -257,7 +257,7 @@ class GPT(nn.Module):
             nn.init.zeros_(block.attn.c_proj.weight)  # residual branches start as identity (modded-nanogpt)
             nn.init.zeros_(block.mlp.c_proj.weight)
         nn.init.zeros_(self.lm_head.weight)  # muP readout: zero init
-        if self.cfg.copy_init:
+        if self.cfg.copy_init and self.cfg.smear_keys:  # one layer copies only with smeared keys
             self.copy_ready(self.blocks[0].attn)
 
     @torch.no_grad()

@@ -92,13 +92,15 @@ def cap_configs(preset: Preset):
 
 
 def target_config(preset: Preset):
-    return rung(preset, preset.target_width, preset.target_tokens_per_param, preset.seeds[0])
+    """The base model: a rung, checkpointed at least every 200 steps (the long preset's runs for hours)."""
+    tc = rung(preset, preset.target_width, preset.target_tokens_per_param, preset.seeds[0])
+    return replace(tc, ckpt_every=min(tc.ckpt_every, 200))
 
 
 def target_line(preset: Preset, points=24):
     """Configs at the target's horizon from the narrowest fit width to the target's: where Figure 1 draws L(N, D)."""
-    lo = min(w for w, _ in preset.fit_grid)
-    widths = sorted({round(lo * (preset.target_width / lo) ** (i / (points - 1))) for i in range(points)})
+    lo = min(w for w, _ in preset.fit_grid)  # widths in steps of 8, a head layout the model accepts
+    widths = sorted({8 * round(lo * (preset.target_width / lo) ** (i / (points - 1)) / 8) for i in range(points)})
     return [rung(preset, w, preset.target_tokens_per_param, preset.seeds[0]) for w in widths]
 
 
@@ -133,7 +135,7 @@ def train_run(tc: C.TrainConfig, run: Path, tokens_dir, quiet=True):
 
 def copying(run, n_tokens=2 ** 16):
     """In-context learning score of a finished run on held-out code: mean loss at the first 8 positions minus
-    that at positions 96-255 of 256 (Olsson et al. 2022). A run that copies from its context scores ~1 or more;
+    that over the last five eighths of the window (positions 96-255 of 256; Olsson et al. 2022). A run that copies from its context scores ~1 or more;
     below the copying switch a run scores ~0.5 (NOTES.md, 2026-11-25)."""
     from ..data import shards
     from ..runs import load

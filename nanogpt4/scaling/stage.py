@@ -1,7 +1,7 @@
 """`nanogpt4 scaling <step>`: predictable scaling, step by step, or `all` of it in order.
 
-  tokenizer  the ladder's small-vocabulary tokenizer and token shards (from the main job's corpus); skipped with
-             --tokens, which gives the ladder and the target the main job's tokenizer
+  tokenizer  a tokenizer and token shards of the preset's vocabulary for a standalone ladder (from the corpus);
+             skipped with --tokens, which gives the ladder and the target the main job's tokenizer
   ladder     train the small runs (skipping finished ones)
   predict    fit the laws and register the target's loss and pass-rate predictions (refused once it has started)
   target     train the target: `nanogpt4 pretrain --registered` (refused without a sealed record of exactly this config)
@@ -152,7 +152,7 @@ def add_args(p):
     p.add_argument("--preset", choices=sorted(L.PRESETS), default="cpu", help="ladder and target sizes")
     p.add_argument("--target-width", type=int, default=None, help="override the preset's target (the dial)")
     p.add_argument("--tokens", default=None, help="token shards for the ladder and the target (default: the ladder's "
-                   "own small-vocabulary tokenizer); the preset's vocabulary becomes theirs")
+                   "own tokenizer at the preset's vocabulary); the preset's vocabulary becomes theirs")
     p.add_argument("--target", default=None, help="the target's run directory (default: OUT/target)")
     p.add_argument("--quiet", action=argparse.BooleanOptionalAction, default=True, help="no per-run progress bars")
 
