@@ -93,10 +93,7 @@ def train(base, data_path, out, steps=300, batch_size=16, lr=6e-4, seed=0, eval_
         x, y, m = padded(trainer.batch(train_set, step, batch_size, seed), pad)
         with cast():
             loss = model(x, y, loss_mask=m)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        trainer.update(opt, loss, model.parameters())
         step += 1
         rec = dict(step=step, loss=loss.item())
         if step % eval_every == 0 or step == steps:

@@ -61,6 +61,14 @@ def decay(opt, step, steps):
         g["lr"] = g["initial_lr"] * (1 - 0.9 * step / steps)
 
 
+def update(opt, loss, params):
+    """One optimizer step on `loss`: backward, clip the gradient norm of `params` at 1, step, clear."""
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
 def frozen(model):
     """A copy of `model` as it is now, in eval mode and without gradients: PPO's reference, the vision anchor."""
     return copy.deepcopy(model).eval().requires_grad_(False)

@@ -108,10 +108,7 @@ def train(base, tokens_dir, out, factor=4, steps=150, batch_size=8, lr=1e-3, see
         x, y = windows(train_data, train_docs, length, batch_size, np.random.default_rng([seed, step]))
         with cast():
             loss = model(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        trainer.update(opt, loss, model.parameters())
         step += 1
         rec = dict(step=step, loss=loss.item())
         if step % eval_every == 0 or step == steps:
