@@ -109,7 +109,8 @@ def count_params(mc: ModelConfig, non_embedding=False):
     attn = d * mc.n_head * mc.head_dim * 2 + d * 2 * mc.n_kv_head * mc.head_dim
     mlp = 2 * d * 4 * d
     gates = mc.n_head + (mc.n_kv_head if mc.smear_keys else 0)  # per-head query gains and key-smear mixes
-    return (0 if non_embedding else 2 * V * d) + L * (attn + mlp + gates)
+    copy = 2 * d + 4 if mc.copy_head else 0  # the copy head's gate, gate biases and reaches
+    return (0 if non_embedding else 2 * V * d) + L * (attn + mlp + gates) + copy
 
 
 def flops_per_token(mc: ModelConfig, non_embedding=False):

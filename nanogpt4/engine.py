@@ -441,7 +441,7 @@ class Engine:
         view.lengths = lengths
         for t in (view.k, view.v, view.last_k):
             torch._dynamo.mark_dynamic(t, 1)
-        for t in (view.pos, at, idx):
+        for t in (view.pos, view.tokens, at, idx):
             torch._dynamo.mark_dynamic(t, 0)
         if idx.size(1) > 1:
             torch._dynamo.mark_dynamic(idx, 1)

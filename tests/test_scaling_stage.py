@@ -97,7 +97,7 @@ def test_predict_step_reports_only_nothing_to_fit_and_raises_everything_else(tmp
     p["record"].write_text("{}")  # the loss prediction is registered: only the capability one is attempted
     p["ladder"].write_text(json.dumps(dict(runs=[], capability_runs=[])))
     args, preset = argparse.Namespace(preset="tiny"), L.PRESETS["tiny"]
-    monkeypatch.setattr(capability, "build_problems", lambda: [])
+    monkeypatch.setattr(capability, "build_problems", lambda variants=2: [])
     for error in (registry.RegistryError("exists, never overwritten"), ValueError("context overflow")):
         def fail(*a, error=error, **k):
             raise error

@@ -1,6 +1,7 @@
 """The GPT decoder: RoPE, parameter-free RMSNorm, grouped-query attention via SDPA with QK-norm, a learned
-per-head query gain and smeared keys (see Attention), ReLU² MLP, no biases, a KV cache with per-row
-positions for continuous batching (engine.py), and image embeddings spliced in at image-placeholder tokens.
+per-head query gain and smeared keys (see Attention), ReLU² MLP, no biases, an exact-match copy head mixed into
+the next-token distribution (see CopyHead), a KV cache with per-row positions for continuous batching (engine.py),
+and image embeddings spliced in at image-placeholder tokens.
 
 Parametrisation is maximal-update style (muP, Yang et al. 2022, "Tensor Programs V"): hidden matrices are
 initialised with std 1/sqrt(fan_in) and trained with a learning rate scaled by base_width/width (see
@@ -8,6 +9,7 @@ initialised with std 1/sqrt(fan_in) and trained with a learning rate scaled by b
 embedding is initialised at unit scale. The best learning rate then stays put as the width grows;
 tests/test_model.py::test_coord_check proves it.
 """
+import math
 from dataclasses import dataclass, asdict
 
 import torch
@@ -28,6 +30,7 @@ class ModelConfig:
     rope_theta: float = 10000.0
     smear_keys: bool = True  # each key mixes in the previous position's key (see Attention)
     copy_init: bool = True  # the first layer starts as an induction head (see GPT.init_weights)
+    copy_head: bool = True  # mix exact-match copying from the context into the output (see CopyHead)
 
     @property
     def head_dim(self):
@@ -104,15 +107,16 @@ class KVCache:
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.last_k = torch.zeros(shape[:3] + (1, shape[4]), dtype=dtype, device=device)  # raw key before pos
+        self.tokens = torch.zeros(batch_size, max_len, dtype=torch.long, device=device)  # what CopyHead copies
         self.pos = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.max_len = max_len
-        self.staged, self.lengths = {}, None  # lengths: real tokens per row of a right-padded prefill (commit)
+        self.staged, self.lengths, self.new_tokens = {}, None, None  # lengths: real tokens per row of a right-padded prefill (commit)
 
     def rows(self, stop, start=0):
         view = object.__new__(KVCache)
         rows = slice(start, stop)
         view.k, view.v, view.last_k, view.pos = self.k[:, rows], self.v[:, rows], self.last_k[:, rows], self.pos[rows]
-        view.max_len, view.staged, view.lengths = self.max_len, {}, None
+        view.tokens, view.max_len, view.staged, view.lengths, view.new_tokens = self.tokens[rows], self.max_len, {}, None, None
         return view
 
     def reset(self, row):
@@ -125,6 +129,7 @@ class KVCache:
         n = int(self.pos[src])
         self.k[:, dst, :, :n] = self.k[:, src, :, :n]
         self.v[:, dst, :, :n] = self.v[:, src, :, :n]
+        self.tokens[dst, :n] = self.tokens[src, :n]
         self.last_k[:, dst] = self.last_k[:, src]
         self.pos[dst] = n
 
@@ -135,6 +140,12 @@ class KVCache:
 
     def stage(self, layer, k, v, raw_k):
         self.staged[layer] = (k, v, raw_k)
+
+    def with_new(self, idx, positions):
+        """Each row's tokens so far (B,max_len) with the T new ones idx (B,T) at their positions (B,T); they are
+        staged, and written by `commit`, as the keys are."""
+        self.new_tokens = idx
+        return self.tokens.scatter(1, positions, idx)
 
     def commit(self):
         """Write the staged keys and values (B,KV,T,hd) of every layer at each row's positions and advance pos by
@@ -148,6 +159,8 @@ class KVCache:
         rows = torch.arange(k.size(1), device=k.device)[:, None]
         self.k[:, rows, :, at] = k.permute(1, 3, 0, 2, 4)  # indexed dims first: (B,T,L,KV,hd)
         self.v[:, rows, :, at] = v.permute(1, 3, 0, 2, 4)
+        if self.new_tokens is not None:
+            self.tokens[rows, at] = self.new_tokens
         raw = torch.stack([self.staged[i][2] for i in layers])  # (L,B,KV,T,hd): the key before smearing
         if lengths is None:
             self.last_k[layers] = raw[:, :, :, -1:]
@@ -155,7 +168,7 @@ class KVCache:
         else:
             self.last_k[layers] = raw[:, rows[:, 0], :, lengths - 1].transpose(0, 1)[..., None, :]
             self.pos += lengths
-        self.staged = {}
+        self.staged, self.new_tokens = {}, None
 
 
 class Attention(nn.Module):
@@ -225,6 +238,63 @@ class Block(nn.Module):
         return x + self.mlp(rms_norm(x))
 
 
+class CopyHead(nn.Module):
+    """Exact-match copying from the context, mixed into the next-token distribution (a neural cache / pointer:
+    Grave et al. 2017, Merity et al. 2017). At position t two caches point at the earlier positions j < t whose
+    token equals the current one (unigram match) and whose previous token matches too (bigram match); each
+    cache's distribution puts weight softmax_j(-(t-j)/reach) on the token that followed j. A gate read from the
+    final features (readout-like: zero init, muP-scaled) mixes model, unigram and bigram cache:
+    p = π₀·softmax(logits) + π₁·c₁ + π₂·c₂, a cache getting no weight where it has no match.
+
+    Why: copying identifiers from the context is much of held-out code's loss, and a Transformer learns it
+    (induction heads) only past some size and horizon, inside the scaling ladder's range, which bent the fit runs'
+    losses and made the registered prediction miss by ~20% (NOTES.md). With the copy head every model, however
+    small, copies from step 0; what the Transformer adds on top grows smoothly. Parameters: 2·width + 4."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.image_token_id = cfg.image_token_id
+        self.width_mult = cfg.n_embd / cfg.base_width
+        self.gate = nn.Linear(cfg.n_embd, 2, bias=False)
+        self.gate_bias = nn.Parameter(torch.zeros(2))
+        self.log_reach = nn.Parameter(torch.full((2,), math.log(64.0)))
+
+    def weights(self, seq, pos):
+        """seq (B,S) the tokens so far, pos (B,T) the query positions in it. Returns the caches' weights over
+        positions w (B,T,2,S), summing to 1 where a cache has a match, has (B,T,2) which do, and nxt (B,S) the
+        token after each position (-1 at the end)."""
+        S = seq.size(1)
+        before = F.pad(seq, (1, 0), value=-1)[:, :-1]
+        nxt = F.pad(seq[:, 1:], (0, 1), value=-1)
+        j = torch.arange(S, device=seq.device)
+        cur = seq.gather(1, pos)
+        m1 = (j < pos[..., None]) & (seq[:, None] == cur[..., None])
+        if self.image_token_id >= 0:  # an image placeholder is no token to match or copy
+            img = self.image_token_id
+            m1 = m1 & ((seq != img) & (nxt != img))[:, None] & (cur != img)[..., None]
+        m2 = m1 & (before[:, None] == before.gather(1, pos)[..., None])
+        m = torch.stack((m1, m2), 2)
+        has = m.any(-1)
+        score = -(pos[..., None] - j).float()[:, :, None] / self.log_reach.float().exp()[:, None]
+        score = score.masked_fill(~m, float("-inf")).masked_fill(~has[..., None], 0.0)  # no NaN rows
+        return torch.softmax(score, -1) * has[..., None], has, nxt
+
+    def mix(self, logits, h, w, has, nxt, targets=None):
+        """logits (...,V), features h (...,C) and weights, has, nxt of the same positions (see `weights`) → the
+        mixture's log-probabilities (...,V), or, given targets (...), those of the targets only (...)."""
+        g = (self.gate(h).float() / self.width_mult + self.gate_bias.float()).masked_fill(~has, float("-inf"))
+        log_pi = F.log_softmax(torch.cat((torch.zeros_like(g[..., :1]), g), -1), -1)  # (...,3) model, caches
+        logp = F.log_softmax(logits.float(), -1)
+        if targets is None:
+            copied = (log_pi[..., 1:, None].exp() * w).sum(-2)  # (...,S) mixture weight on each position's next
+            p = log_pi[..., :1].exp() * logp.exp() + torch.zeros_like(logp).scatter_add_(-1, nxt.clamp_min(0), copied)
+            return p.clamp_min(1e-30).log()
+        t = targets.clamp_min(0)
+        hit = (w * (nxt[..., None, :] == t[..., None, None])).sum(-1)  # (...,2) each cache's p(target)
+        log_hit = torch.where(hit > 0, hit.clamp_min(1e-30).log(), float("-inf"))
+        return torch.logsumexp(torch.cat((logp.gather(-1, t[..., None]), log_hit), -1) + log_pi, -1)
+
+
 class GPT(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -232,6 +302,7 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.copy = CopyHead(cfg) if cfg.copy_head else None
         self.register_buffer("cos", None, persistent=False)
         self.register_buffer("sin", None, persistent=False)
         self.set_rope()
@@ -257,6 +328,10 @@ class GPT(nn.Module):
             nn.init.zeros_(block.attn.c_proj.weight)  # residual branches start as identity (modded-nanogpt)
             nn.init.zeros_(block.mlp.c_proj.weight)
         nn.init.zeros_(self.lm_head.weight)  # muP readout: zero init
+        if self.copy is not None:
+            nn.init.zeros_(self.copy.gate.weight)  # readout-like: zero init; model and caches start equal
+            self.copy.gate_bias.zero_()
+            self.copy.log_reach.fill_(math.log(64.0))
         if self.cfg.copy_init and self.cfg.smear_keys:  # one layer copies only with smeared keys
             self.copy_ready(self.blocks[0].attn)
 
@@ -279,16 +354,41 @@ class GPT(nn.Module):
         get width-independent rates lr·embed_mult and lr·readout_mult."""
         gates = [p for b in self.blocks for p in b.parameters() if p.dim() == 1]
         hidden = [p for b in self.blocks for p in b.parameters() if p.dim() > 1]
+        readout = [self.lm_head.weight]
+        if self.copy is not None:  # the copy gate is read out of the features like the logits
+            readout.append(self.copy.gate.weight)
+            gates += [self.copy.gate_bias, self.copy.log_reach]
         return [
             dict(params=[self.wte.weight], lr=lr * embed_mult, weight_decay=0.0, name="embedding"),
             dict(params=hidden, lr=lr / self.width_mult, weight_decay=weight_decay, name="hidden"),
-            dict(params=[self.lm_head.weight], lr=lr * readout_mult, weight_decay=weight_decay, name="readout"),
+            dict(params=readout, lr=lr * readout_mult, weight_decay=weight_decay, name="readout"),
             dict(params=gates, lr=lr * embed_mult, weight_decay=0.0, name="gates"),  # per-head scalars: width-free
         ]
 
-    def readout(self, features):
-        """Logits from final features (forward(..., features=True)): the muP readout multiplier applied."""
-        return self.lm_head(features) / self.width_mult
+    def readout(self, features, idx, keep=None):
+        """Next-token logits from the final features (B,T,C) of the sequences idx (B,T) (forward(...,
+        features=True)), or at the positions where keep (B,T) is True only (n,V). With the copy head they are
+        the mixture's log-probabilities (softmax leaves them as they are)."""
+        return self.head(features, idx, torch.arange(idx.size(1), device=idx.device).expand_as(idx), keep)
+
+    def head(self, x, seq, pos, select=None, targets=None):
+        """The output at query positions pos (B,T) of the sequences seq (B,S) from their final features x:
+        logits (muP readout multiplier applied), copy head mixed in; `select` (a (B,T) bool mask, or (B,) one
+        position per row) reads out there alone; with targets (of the selected positions) their log-probs only."""
+        if select is not None and select.dtype == torch.bool:
+            pick = lambda t: t[select]  # noqa: E731
+        elif select is not None:
+            pick = lambda t: t[torch.arange(t.size(0), device=t.device), select]  # noqa: E731
+        else:
+            pick = lambda t: t  # noqa: E731
+        h = pick(x)
+        logits = self.lm_head(h) / self.width_mult
+        if self.copy is None:
+            return logits if targets is None else -F.cross_entropy(
+                logits.float().reshape(-1, logits.size(-1)), targets.clamp_min(0).reshape(-1), reduction="none"
+            ).view(targets.shape)
+        w, has, nxt = self.copy.weights(seq, pos)
+        return self.copy.mix(logits, h, pick(w), pick(has), pick(nxt[:, None].expand(-1, pos.size(1), -1)), targets)
 
     def num_params(self, non_embedding=False):
         n = sum(p.numel() for p in self.parameters())
@@ -317,27 +417,31 @@ class GPT(nn.Module):
             if T > self.cfg.seq_len:
                 raise ValueError(f"sequence of {T} tokens exceeds the context of {self.cfg.seq_len}")
             cos, sin = self.cos[:T], self.sin[:T]
+            seq, positions = idx, torch.arange(T, device=idx.device).expand(B, T)
         else:
             positions = cache.begin(T)
             if not torch.compiler.is_compiling() and int(positions[:, -1].max()) >= min(cache.max_len, self.cfg.seq_len):
                 raise ValueError(f"sequence of {int(positions[:, -1].max()) + 1} tokens exceeds the context of "
                                  f"{min(cache.max_len, self.cfg.seq_len)}")
             cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]  # (B,1,T,hd/2): per-row positions
+            seq = cache.with_new(idx, positions.clamp(max=cache.max_len - 1))  # (a padded prefill may run past)
         x = self.embed(idx, images)
         for block in self.blocks:
             x = block(x, cos, sin, cache)
         if cache is not None and not torch.compiler.is_compiling():
             cache.commit()
-        if logits_at is not None:
-            x = x[torch.arange(B, device=x.device), logits_at]
-        if targets is not None and loss_mask is not None:  # the readout only where the loss is taken: an SFT or
-            keep = loss_mask.bool() & (targets >= 0)  # image answer is a few tokens of a row, the 8,192-way readout
-            x, targets = x[keep], targets[keep]  # at every position was most of a step's work
         x = rms_norm(x)
         if features:
             return x
-        logits = self.readout(x)
+        select = logits_at
+        if targets is not None and loss_mask is not None:  # the readout only where the loss is taken: an SFT or
+            select = loss_mask.bool() & (targets >= 0)  # image answer is a few tokens of a row, the 8,192-way
+            targets = targets[select]  # readout at every position was most of a step's work
+        out = self.head(x, seq, positions, select, targets)
         if targets is None:
-            return logits
-        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1,
-                               reduction=reduction)
+            return out
+        nll, valid = -out.reshape(-1), targets.reshape(-1) >= 0  # ignore_index -1, as cross-entropy's
+        nll = nll * valid
+        if reduction == "none":
+            return nll
+        return nll.sum() if reduction == "sum" else nll.sum() / valid.sum()

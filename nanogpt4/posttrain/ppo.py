@@ -64,7 +64,7 @@ def forward(policy, value, x, y, temperature=1.0):
     """Per-token log-probabilities of the targets (under the sampling temperature's distribution, the one the
     rollouts came from), values and entropies."""
     h = policy(x, features=True)
-    logits = policy.readout(h).float() / temperature
+    logits = policy.readout(h, x).float() / temperature
     logp_all = torch.log_softmax(logits, -1)
     entropy = -(logp_all.exp() * logp_all).sum(-1)
     return logp_all.gather(-1, y[..., None]).squeeze(-1), value(h), entropy

@@ -42,13 +42,14 @@ class Preset:
     max_fit_fraction: float = 1e-2  # a fit run may use at most this fraction of the target's compute
     train: dict = field(default_factory=dict)  # TrainConfig fields shared by every run (dtype, seq_len, …)
     capability: dict = field(default_factory=dict)  # capability.measure settings of the pass-rate law (n samples, …)
+    problem_variants: int = 2  # instances of each capability problem template (capability.build_problems)
     humaneval: dict = field(default_factory=dict)  # the same for the real HumanEval on the target
 
 
 PRESETS = {
-    "cpu": Preset(vocab_size=4096, target_width=256, target_tokens_per_param=2.5, min_depth=2,
-                  fit_grid=((24, 4), (32, 4), (40, 4), (48, 4), (16, 8), (24, 8), (32, 8)),
-                  cap_widths=(96, 128, 160), seeds=(1337,), capability=dict(n=100),
+    "cpu": Preset(vocab_size=4096, target_width=256, target_tokens_per_param=2, min_depth=2,
+                  fit_grid=((16, 4), (24, 4), (32, 4), (40, 4), (48, 2), (16, 8), (24, 8), (32, 8)),
+                  cap_widths=(96, 128, 160), seeds=(1337,), capability=dict(n=50), problem_variants=4,
                   humaneval=dict(n=10, max_new_tokens=128)),
     "long": Preset(vocab_size=4096, target_width=384, target_tokens_per_param=3, min_depth=2, max_fit_fraction=1e-3,
                    fit_grid=((24, 4), (32, 4), (40, 4), (16, 8), (24, 8), (32, 8), (16, 16), (24, 16)),

@@ -61,7 +61,7 @@ def step_predict(args, preset, p):
     status = dict(fit_runs=[str(r) for r in runs], settings=preset.capability)
     try:  # the report's rule may leave nothing to fit: then say so instead of predicting
         rec = capability.predict_capability(p["cap_record"], runs, p["target"], tc.identity(), C.train_flops(tc),
-                                            problems=capability.build_problems(), settings=status["settings"])
+                                            problems=capability.build_problems(variants=preset.problem_variants), settings=status["settings"])
         status.update(registered=str(p["cap_record"]), problems_kept=rec["prediction"]["problems_kept"])
     except capability.NothingToFit as e:  # only this: a registry, tokenizer or context error must stop the stage
         status.update(registered=None, reason=str(e))
@@ -95,7 +95,7 @@ def step_verify(args, preset, p):
         a = v["alternative"]
         print(f"    alternative {a['law']}: predicted {a['predicted']:.4f}, error {a['rel_error']:+.2%}")
     if p["cap_record"].exists():
-        capability.verify_capability(p["cap_record"], p["target"], problems=capability.build_problems(),
+        capability.verify_capability(p["cap_record"], p["target"], problems=capability.build_problems(variants=preset.problem_variants),
                                      out=Path(args.out) / "verify_capability.json",
                                      png=Path(args.out) / "fig2_capability.png")
 

@@ -164,8 +164,8 @@ def kl_to(anchor, model, idx, mask):
     alone, as GPT.forward does for a masked loss)."""
     keep = mask.bool()
     with torch.no_grad():
-        target = F.log_softmax(anchor.readout(anchor(idx, features=True)[keep]).float(), -1)
-    logp = F.log_softmax(model.readout(model(idx, features=True)[keep]).float(), -1)
+        target = F.log_softmax(anchor.readout(anchor(idx, features=True), idx, keep).float(), -1)
+    logp = F.log_softmax(model.readout(model(idx, features=True), idx, keep).float(), -1)
     return F.kl_div(logp, target, log_target=True, reduction="batchmean")
 
 
