@@ -14,8 +14,8 @@ reference body, hidden tests) whose body is an idiom that recurs throughout the 
 - level 3: two or more lines, conditionals or loops (two attributes set, a default for None, a counting loop, ...).
 `build_problems(seed=0)` instantiates every template twice, with identifiers drawn with a fixed seed from small
 pools (class names, attribute names, argument names, the template's own function names) and random test values.
-The first instance of a one-line template whose line starts with `return`/`raise` or an assignment becomes a
-*line problem* (level 0): the prompt goes on to the end of that keyword or operator (`        return`,
+The even instances (the first, third, …) of a one-line template whose line starts with `return`/`raise` or an
+assignment become *line problems* (level 0): the prompt goes on to the end of that keyword or operator (`        return`,
 `        self.name =`) and the model writes the rest of the line. Every other instance is a *body problem*: the
 model writes the whole body, cut at a stop sequence or where the code dedents out of the function. That gives 96
 problems: 41 line, 55 body. Why line problems: body problems also need a sense of where a function ends, and
@@ -203,8 +203,8 @@ def line_cut(body):
 
 
 def build_problems(seed=0, variants=2):
-    """The problem set: every template instantiated `variants` times with identifiers drawn with `seed`; the first
-    instance of a one-line template is a line problem, the others are body problems."""
+    """The problem set: every template instantiated `variants` times with identifiers drawn with `seed`; the even
+    instances (the first, third, …) of a one-line template are line problems, the others body problems."""
     rng, out = random.Random(seed), []
     for name, level, fns, prompt, body, test in TEMPLATES:
         for v, fn in enumerate(rng.sample(fns if len(fns) >= variants else fns * variants, variants)):
@@ -212,7 +212,7 @@ def build_problems(seed=0, variants=2):
             sub = lambda s: Template(s).substitute(ids)  # noqa: E731
             p, b = sub(prompt), sub(body)
             pad = " " * body_indent(p)
-            cut = line_cut(b) if v == 0 else None
+            cut = line_cut(b) if v % 2 == 0 else None
             p, solution = (p + pad + cut[0], cut[1]) if cut else (p, "".join(pad + l + "\n" for l in b.splitlines()))
             out.append(dict(task_id=f"nanogpt4/{len(out)}", template=name, kind="line" if cut else "body",
                             level=0 if cut else level, prompt=p, canonical_solution=solution,
