@@ -304,14 +304,20 @@ def scaling_section(out):
                   f"{pred['target_compute']:.3g} FLOPs; the largest fit run used {frac:.2e} of it "
                   f"({1 / frac:,.0f}× less). Interval: {pred['level']:.0%} bootstrap over ladder runs.", ""]
     if ver:
-        lines += ["The prediction is L(N, D) = E + A·N^-α + B·D^-β (Hoffmann et al.) over the ladder's grid, N the "
-                  "non-embedding parameters; the report's law `a·C^b + c` through total compute was registered beside it "
-                  "(`nanogpt4/scaling/predict.py` says why; NOTES.md compares them).", "",
-                  "| metric, law | predicted | interval | measured | error | in interval |", "|---|---:|---|---:|---:|---|"]
+        lines += ["Three laws were fitted on the fit runs and sealed together: Hoffmann et al.'s L(N, D) = E + A·N^-α + "
+                  "B·D^-β, Kaplan et al.'s L(N, D) = E + [(A/N)^(α/β) + B/D]^β (N the non-embedding parameters) and "
+                  f"the report's a·C^b + c through total compute. The registered prediction is {ver['rule']}: the "
+                  "capability runs, not in the fit, at the target's horizon (`nanogpt4/scaling/predict.py`; NOTES.md "
+                  "compares the laws).", "",
+                  "| metric, law | validation error | predicted | interval | measured | error | in interval |",
+                  "|---|---:|---:|---|---:|---:|---|"]
         for m, v in ver["metrics"].items():
-            for law, x in ((v["law"], v), (v["alternative"]["law"], v["alternative"])):
-                lines.append(f"| {m}, {law} | {x['predicted']:.4f} | [{x['interval'][0]:.4f}, {x['interval'][1]:.4f}] | "
-                             f"{v['measured']:.4f} | **{x['rel_error']:+.2%}** | {'yes' if x['in_interval'] else 'no'} |")
+            for law, x in v["laws"].items():
+                mae = "–" if x["validation_mae"] is None else f"{x['validation_mae']:.2%}"
+                name = f"**{law}** (registered)" if law == v["law"] else law
+                lines.append(f"| {m}, {name} | {mae} | {x['predicted']:.4f} | [{x['interval'][0]:.4f}, "
+                             f"{x['interval'][1]:.4f}] | {v['measured']:.4f} | **{x['rel_error']:+.2%}** | "
+                             f"{'yes' if x['in_interval'] else 'no'} |")
         lines += [""] + [f"![{m}](scaling/fig1_{m}.png)" for m in ver["metrics"]] + [""]
     cap, cap_ver = _read(sc / "capability.json"), _read(sc / "verify_capability.json")
     if cap:

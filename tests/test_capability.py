@@ -3,6 +3,7 @@ and the bucket fit → registered prediction → verification round trip."""
 import itertools
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,6 +33,9 @@ def test_reference_solutions_pass_and_wrong_ones_fail():
     wrong = [" None" if p["kind"] == "line" else " " * body_indent(p["prompt"]) + "pass\n" for p in problems]
     assert "passed" not in run_programs(map(program, problems + problems, wrong + [""] * len(problems)))
     assert {p["kind"] for p in problems} == {"line", "body"}
+    many = K.build_problems(variants=12)  # small identifier pools: repeated draws are left out, not counted twice
+    assert len({p["prompt"] for p in many}) == len(many) > 5 * len(problems)
+    assert [p["task_id"] for p in many] == [f"nanogpt4/{i}" for i in range(len(many))]
 
 
 def cut(text, indent):
@@ -173,3 +177,40 @@ def test_bucket_fit_predict_verify_round_trip(tmp_path):
     assert (tmp_path / "fig2.png").stat().st_size > 10_000
     with pytest.raises(RegistryError, match="problem set differs"):  # the target must be measured on the same set
         K.verify_capability(tmp_path / "capability.json", target, problems=K.build_problems()[:2])
+
+
+def test_fit_models_are_measured_smallest_first_on_what_every_smaller_one_solved(tmp_path, monkeypatch):
+    """The cascade samples each fit model only on problems all smaller ones solved, and gives the same kept
+    problems and buckets as measuring every model on every problem; verification samples only the kept ones."""
+    alphas = [0.1, 0.2, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 3.0]
+    runs, full = fake_runs(tmp_path, [1e10, 1e11, 3e11], alphas, k=0.3)
+    full[str(runs[0])]["p8"]["passed"] = 0  # unsolved by the smallest model: never sampled on the others
+    full[str(runs[2])]["p7"]["passed"] = 0
+    problems = [dict(task_id=f"p{j}") for j in range(len(alphas))]
+    asked = []
+
+    def fake_measure(rs, ps, log=print, **kw):
+        asked.append((Path(rs[0]).name, [p["task_id"] for p in ps]))
+        return {str(rs[0]): {p["task_id"]: full[str(rs[0])][p["task_id"]] for p in ps}}
+
+    monkeypatch.setattr(K, "measure", fake_measure)
+    monkeypatch.setattr(K, "problem_set_hash", lambda ps: "these problems")
+    tc = TrainConfig(depth=9)
+    rec = K.predict_capability(tmp_path / "cascade.json", runs[::-1], tmp_path / "target", tc.identity(), 1e12,
+                               problems=problems, n_buckets=3, log=lambda s: None)
+    ids = [f"p{j}" for j in range(9)]
+    assert asked == [("r0", ids), ("r1", ids[:8]), ("r2", ids[:8])]
+    ref = K.predict_capability(tmp_path / "full.json", runs[::-1], tmp_path / "target", tc.identity(), 1e12,
+                               measured=full, n_buckets=3, log=lambda s: None)
+    assert rec["prediction"]["buckets"] == ref["prediction"]["buckets"] and rec["prediction"]["problems_kept"] == 7
+    assert rec["prediction"]["problems_total"] == 9
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "done.json").write_text(json.dumps({"flops": 1e12}))
+    (target / "config.json").write_text(json.dumps({"train": {"depth": 9}, "model": tc.model_config().to_dict()}))
+    full[str(target)] = {p: dict(n=50, passed=10) for p in ids}
+    asked.clear()
+    monkeypatch.setattr(K, "measure", lambda rs, ps, **kw: (asked.append([p["task_id"] for p in ps]), {str(target): {
+        p["task_id"]: full[str(target)][p["task_id"]] for p in ps}})[1])
+    K.verify_capability(tmp_path / "cascade.json", target, problems=problems, log=lambda s: None)
+    assert asked == [ids[:7]]

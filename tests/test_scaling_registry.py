@@ -40,34 +40,44 @@ def test_refusals(tmp_path):
         R.check_target(rec, dict(TARGET, lr=0.01))
 
 
-def test_both_laws_registered_verified_and_drawn(tmp_path):
-    """register_loss on a grid drawn from a known L(N, D): the primary law (L(N, D)) recovers the target's loss, the
-    report's a·C^b + c is registered beside it, verification reads both back and Figure 1 is drawn."""
-    from nanogpt4 import config as C
+def test_every_law_registered_the_rule_picks_by_validation_and_verification_reads_all(tmp_path):
+    """register_loss on a grid drawn from known laws (held-out code from Hoffmann's L(N, D), text from Kaplan's): all
+    three laws are registered, the sealed rule picks each metric's true law by its error on the validation runs (the
+    capability runs, not in the fit), whose prediction recovers the target's loss; without validation runs the
+    first law is the prediction; verification reads every law back and Figure 1 is drawn."""
     from nanogpt4.scaling import ladder as L, laws, predict
     preset = L.PRESETS["cpu"]
-    true = laws.ParamTokenFit(E=1.5, A=1.0, alpha=0.3, B=2.0, beta=0.3, n_ref=1e6, d_ref=1e7)
-    rows = []
-    for tc in L.fit_configs(preset):
-        compute, n, d = predict.size(tc)
-        loss = float(true.predict(n, d))
-        rows.append(dict(name=L.name(tc), tokens_per_param=tc.tokens_per_param,
-                         compute=compute, non_embedding_params=n, tokens=d, final=dict(heldout_code=loss, val_text=loss),
-                         config_hash=R.config_hash(tc.identity())))
+    truth = dict(heldout_code=laws.ParamTokenFit(E=1.5, A=1.0, alpha=0.3, B=2.0, beta=0.3, n_ref=1e6, d_ref=1e7),
+                 val_text=laws.KaplanFit(E=1.5, A=0.5, alpha=0.35, B=1.0, beta=0.3, n_ref=1e6, d_ref=1e7))
+
+    def rows(configs):
+        out = []
+        for tc in configs:
+            compute, n, d = predict.size(tc)
+            out.append(dict(name=L.name(tc), tokens_per_param=tc.tokens_per_param, compute=compute,
+                            non_embedding_params=n, tokens=d, final={m: float(t.predict(n, d)) for m, t in truth.items()},
+                            config_hash=R.config_hash(tc.identity())))
+        return out
+
     target = L.target_config(preset)
-    record = predict.register_loss(tmp_path / "rec.json", target, tmp_path / "base", rows, curve=L.target_line(preset),
-                                   n_boot=50)
     compute, n, d = predict.size(target)
-    want = float(true.predict(n, d))
-    for m, p in record["prediction"]["metrics"].items():
-        assert p["law"] == "L(N,D)" and abs(p["loss"] / want - 1) < 0.01
-        assert record["prediction"]["alternative"][m]["law"] == "a*C^b+c"
+    want = {m: float(t.predict(n, d)) for m, t in truth.items()}
+    record = predict.register_loss(tmp_path / "rec.json", target, tmp_path / "base", rows(L.fit_configs(preset)),
+                                   validation=rows(L.cap_configs(preset)), curve=L.target_line(preset), n_boot=30)
+    pred = record["prediction"]
+    assert [v["name"] for v in pred["validation_runs"]] == [L.name(tc) for tc in L.cap_configs(preset)]
+    for m, law in (("heldout_code", "Hoffmann L(N,D)"), ("val_text", "Kaplan L(N,D)")):
+        assert set(pred["laws"][m]) == set(predict.LAWS)
+        assert pred["metrics"][m]["law"] == law and abs(pred["metrics"][m]["loss"] / want[m] - 1) < 0.01, m
+        assert pred["laws"][m][law]["validation_mae"] < 1e-3 < max(p["validation_mae"] for p in pred["laws"][m].values())
+    plain = predict.register_loss(tmp_path / "plain.json", target, tmp_path / "base", rows(L.fit_configs(preset)),
+                                  n_boot=10)
+    assert {p["law"] for p in plain["prediction"]["metrics"].values()} == {"Hoffmann L(N,D)"}
     (tmp_path / "base").mkdir()
     (tmp_path / "base" / "config.json").write_text(json.dumps(dict(train=target.to_dict(),
                                                                    model=target.model_config().to_dict())))
-    (tmp_path / "base" / "done.json").write_text(json.dumps(dict(flops=compute, final=dict(heldout_code=want,
-                                                                                           val_text=want))))
-    res = predict.verify_loss(tmp_path / "rec.json", tmp_path / "base", tmp_path)
+    (tmp_path / "base" / "done.json").write_text(json.dumps(dict(flops=compute, final=want)))
+    res = predict.verify_loss(tmp_path / "rec.json", tmp_path / "base", tmp_path, others=rows(L.cap_configs(preset)))
     for m, v in res["metrics"].items():
-        assert abs(v["rel_error"]) < 0.01 and v["law"] == "L(N,D)" and "rel_error" in v["alternative"]
+        assert abs(v["rel_error"]) < 0.01 and v["law"] == pred["metrics"][m]["law"] and set(v["laws"]) == set(predict.LAWS)
         assert (tmp_path / f"fig1_{m}.png").stat().st_size > 10_000

@@ -12,7 +12,7 @@ reference body, hidden tests) whose body is an idiom that recurs throughout the 
   `return True`, `return x + y`, `return len(self.items)`, `return []`, `raise NotImplementedError`, ...);
 - level 2: one line that needs the right call or expression (`return self.items[index]`, `return s.lower()`, ...);
 - level 3: two or more lines, conditionals or loops (two attributes set, a default for None, a counting loop, ...).
-`build_problems(seed=0)` instantiates every template twice, with identifiers drawn with a fixed seed from small
+`build_problems(seed=0, variants=2)` instantiates every template `variants` times (a repeated draw counted once), with identifiers drawn with a fixed seed from small
 pools (class names, attribute names, argument names, the template's own function names) and random test values.
 The even instances (the first, third, …) of a one-line template whose line starts with `return`/`raise` or an
 assignment become *line problems* (level 0): the prompt goes on to the end of that keyword or operator (`        return`,
@@ -28,7 +28,8 @@ of them (tests/test_capability.py).
 
 The method, following the report: sample n completions per problem and model (temperature 0.8, cut at stop
 sequences or where the code dedents out of the function), execute them in the sandbox, estimate each pass rate;
-keep only problems that every model of the fit set solves at least once; split them into difficulty buckets by
+keep only problems that every model of the fit set solves at least once (measured smallest model first, each
+model on the problems the smaller ones all solved: `measure_cascade`); split them into difficulty buckets by
 the fit models' mean log pass rate; per bucket fit -E_P[log pass_rate(C)] = α·C^(-k) over the fit models' compute;
 register the prediction for the target; measure the target and compare.
 """
@@ -204,7 +205,8 @@ def line_cut(body):
 
 def build_problems(seed=0, variants=2):
     """The problem set: every template instantiated `variants` times with identifiers drawn with `seed`; the even
-    instances (the first, third, …) of a one-line template are line problems, the others body problems."""
+    instances (the first, third, …) of a one-line template are line problems, the others body problems. An
+    instance whose prompt repeats an earlier one's is left out (it would count one problem twice)."""
     rng, out = random.Random(seed), []
     for name, level, fns, prompt, body, test in TEMPLATES:
         for v, fn in enumerate(rng.sample(fns if len(fns) >= variants else fns * variants, variants)):
@@ -214,6 +216,8 @@ def build_problems(seed=0, variants=2):
             pad = " " * body_indent(p)
             cut = line_cut(b) if v % 2 == 0 else None
             p, solution = (p + pad + cut[0], cut[1]) if cut else (p, "".join(pad + l + "\n" for l in b.splitlines()))
+            if any(q["prompt"] == p for q in out):  # a repeated draw (small pools, many variants): one problem
+                continue
             out.append(dict(task_id=f"nanogpt4/{len(out)}", template=name, kind="line" if cut else "body",
                             level=0 if cut else level, prompt=p, canonical_solution=solution,
                             entry_point=ids["Cls"] if p.startswith("class") else fn,
@@ -302,12 +306,24 @@ class NothingToFit(ValueError):
 def buckets_by_difficulty(fit_results, n_buckets):
     """Problems every fit model solves at least once, split into up to n_buckets equal buckets, easiest first,
     by the fit models' mean log pass rate."""
-    tasks = [t for t in fit_results[0] if all(r[t]["passed"] > 0 for r in fit_results)]
+    tasks = [t for t in fit_results[0] if all(t in r and r[t]["passed"] > 0 for r in fit_results)]
     if not tasks:
         raise NothingToFit("no problem is solved at least once by every model of the fit set")
     score = {t: np.mean([math.log(r[t]["passed"] / r[t]["n"]) for r in fit_results]) for t in tasks}
     order = sorted(tasks, key=lambda t: -score[t])
     return [list(b) for b in np.array_split(order, min(n_buckets, len(order)))]
+
+
+def measure_cascade(runs, computes, problems, log=print, **settings):
+    """`measure` for the fit models, smallest first, each on the problems every smaller one solved at least once:
+    the report's rule keeps only problems all of them solve, so the others need not be sampled again (the same
+    kept set and pass rates as measuring every model on every problem, at a fraction of the samples)."""
+    out, left = {}, list(problems)
+    for c, run in sorted(zip(computes, runs), key=lambda x: x[0]):
+        out[str(run)] = measure([run], left, log=log, **settings)[str(run)]
+        left = [p for p in left if out[str(run)][p["task_id"]]["passed"] > 0]
+        log(f"  {len(left)} problems solved at least once by every model so far")
+    return out
 
 
 def _run_info(run):
@@ -321,13 +337,13 @@ def predict_capability(path, fit_runs, target_run, target_config, target_compute
     """Fit the capability law per difficulty bucket on `fit_runs` (measured here unless `measured` is given) and
     register the prediction for the target (its training config and planned compute) at `path`."""
     settings = dict(settings or {})
-    if measured is None:
-        measured = measure(fit_runs, problems, device=device, log=log, **settings)
-    results = [measured[str(r)] for r in fit_runs]
     info = [_run_info(r) for r in fit_runs]
     computes = [flops for _, flops in info]
+    if measured is None:
+        measured = measure_cascade(fit_runs, computes, problems, device=device, log=log, **settings)
+    results = [measured[str(r)] for r in fit_runs]
     groups = buckets_by_difficulty(results, n_buckets)
-    n_total = len(results[0])
+    n_total = max(map(len, results))
     kept = sum(map(len, groups))
     log(f"{kept} of {n_total} problems are solved at least once by all {len(fit_runs)} fit models; "
         f"{len(groups)} buckets")
@@ -358,7 +374,9 @@ def verify_capability(path, target_run, problems=None, measured=None, out=None, 
     if measured is None:
         if problem_set_hash(problems) != pred["settings"]["problem_set"]:
             raise registry.RegistryError("the problem set differs from the one the prediction was registered on")
-        measured = measure([target_run], problems, device=device, log=log, **settings)[str(target_run)]
+        kept = {t for b in pred["buckets"] for t in b["tasks"]}  # only these enter the registered law
+        measured = measure([target_run], [p for p in problems if p["task_id"] in kept], device=device, log=log,
+                           **settings)[str(target_run)]
     rows = []
     for b in pred["buckets"] + [pred["overall"]]:
         y = neg_mean_log_pass(measured, b["tasks"])

@@ -1,5 +1,6 @@
 """Scaling-law fits. Loss: L(C) = a·C^b + c with an irreducible term c (Henighan et al. 2020; the GPT-4 report's
-Figure 1), or L(N, D) over a grid of sizes and horizons (Hoffmann et al. 2022). Capability: -E[log pass_rate](C)
+Figure 1), or L(N, D) over a grid of sizes and horizons (Hoffmann et al. 2022's sum of
+powers, or Kaplan et al. 2020's joint form with an irreducible term). Capability: -E[log pass_rate](C)
 = α·C^(-k) (the report's Figure 2). Compute, sizes and tokens are normalised by a reference (the target's, or the
 largest run's) before fitting, so the parameters are well conditioned."""
 from dataclasses import dataclass, asdict
@@ -143,6 +144,55 @@ def fit_param_tokens(params, tokens, loss, n_ref=None, d_ref=None, start=None):
         if best is None or r.cost < best.cost:
             best = r
     return ParamTokenFit(*map(float, best.x), n_ref, d_ref)
+
+
+@dataclass
+class KaplanFit:
+    """L(N, D) = E + [(A/(N/n_ref))^(alpha/beta) + B/(D/d_ref)]^beta: Kaplan et al. 2020's joint law (their
+    eq. 1.5, A = N_c, B = D_c, alpha = α_N, beta = α_D) with an irreducible term E. Unlike Hoffmann's sum, the
+    size and data terms interact: the penalty for too few tokens grows with the model."""
+    E: float
+    A: float
+    alpha: float
+    B: float
+    beta: float
+    n_ref: float
+    d_ref: float
+
+    def predict(self, params, tokens):
+        n, d = np.asarray(params, dtype=float) / self.n_ref, np.asarray(tokens, dtype=float) / self.d_ref
+        return self.E + ((self.A / n) ** (self.alpha / self.beta) + self.B / d) ** self.beta
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def fit_kaplan(params, tokens, loss, n_ref=None, d_ref=None, start=None):
+    """Least-squares fit of KaplanFit on log-loss residuals, from a grid of starts or from `start` (a KaplanFit),
+    with the same conditions on the runs as fit_param_tokens."""
+    n, d, y = (np.asarray(v, dtype=float) for v in (params, tokens, loss))
+    distinct(n, 3, "L(N, D) (model sizes)")
+    distinct(d, 3, "L(N, D) (token counts)")
+    distinct(np.round(np.log(d / n), 1), 2, "L(N, D) (ln tokens per parameter: on one ratio N and D move together "
+             "and α, β are one)")
+    n_ref, d_ref = float(n_ref or n.max()), float(d_ref or d.max())
+    u, v, lo = n / n_ref, d / d_ref, y.min() * (1 - 1e-9)
+
+    def resid(p):
+        E, A, alpha, B, beta = p
+        return np.log(E + ((A / u) ** (alpha / beta) + B / v) ** beta) - np.log(y)
+
+    if start is not None:
+        starts = [[min(start.E, 0.999 * lo), start.A, start.alpha, start.B, start.beta]]
+    else:
+        starts = [[e0, a, a0, b, b0] for e0 in (0.0, 0.5 * lo, 0.9 * lo) for a, b in ((0.1, 0.1), (1.0, 1.0))
+                  for a0, b0 in ((0.1, 0.1), (0.5, 0.3))]
+    best = None
+    for p0 in starts:
+        r = least_squares(resid, p0, bounds=([0, 1e-9, 1e-3, 1e-9, 1e-3], [lo, np.inf, 3, np.inf, 3]))
+        if best is None or r.cost < best.cost:
+            best = r
+    return KaplanFit(*map(float, best.x), n_ref, d_ref)
 
 
 @dataclass

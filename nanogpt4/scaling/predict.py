@@ -4,11 +4,14 @@
 the target before the target trains; `verify_loss` compares the finished target with it and draws the figure.
 Compute is normalised so the target is 1, as in the report.
 
-Two laws are registered, both before the target starts. The primary one is Hoffmann et al.'s
-L(N, D) = E + A·N^-α + B·D^-β over the ladder's grid of sizes and horizons, N the non-embedding parameters: the
-ladder's runs sit at longer horizons than the target (so that each is past the in-context copying switch), and a
-law in N and D carries them to the target's horizon, which one line through compute cannot. The second is the
-report's L(C) = a·C^b + c through total compute, on the same runs (NOTES.md, 2026-12-03, how they compare)."""
+Three laws are fitted on the same fit runs and all three predictions are sealed, before the target starts:
+Hoffmann et al.'s L(N, D) = E + A·N^-α + B·D^-β and Kaplan et al.'s joint L(N, D) = E + [(A/N)^(α/β) + B/D]^β over
+the ladder's grid of sizes and horizons (N the non-embedding parameters: the fit runs sit at longer horizons than
+the target, so that each is past the in-context copying switch, and a law in N and D carries them to the target's
+horizon), and the report's L(C) = a·C^b + c through total compute. The registered prediction of each metric is
+the law, chosen by a rule sealed with them, that best predicts the validation runs: the capability runs, which
+are not in the fit, sit at the target's horizon and train before the target (lowest mean |relative error|).
+NOTES.md (2026-12-03, 2026-12-04) measures the laws and the rule."""
 import json
 from pathlib import Path
 
@@ -20,7 +23,8 @@ from ..runs import read_config
 from . import laws, registry
 
 METRICS = ("heldout_code", "val_text")
-LAWS = {"L(N,D)": laws.ParamTokenFit, "a*C^b+c": laws.LossFit}  # a registered law's name → its fit
+LAWS = {"Hoffmann L(N,D)": laws.ParamTokenFit, "Kaplan L(N,D)": laws.KaplanFit, "a*C^b+c": laws.LossFit}
+RULE = "the law with the lowest mean |relative error| on the validation runs (the first law without any)"
 
 
 def size(tc: C.TrainConfig):
@@ -29,33 +33,50 @@ def size(tc: C.TrainConfig):
     return C.train_flops(tc), C.count_params(mc, non_embedding=True), C.derive(tc)["tokens"]
 
 
-def register_loss(path, target_tc: C.TrainConfig, target_run, rows, curve=(), metrics=METRICS, n_boot=1000, level=0.9):
-    """Fit each metric on the ladder rows and register both laws' predictions for the target (before it starts).
-    `curve`: training configs along the target's horizon, where Figure 1 draws L(N, D) against compute."""
-    compute, n, d = size(target_tc)
-    cols = dict(compute=[r["compute"] for r in rows], n=[r["non_embedding_params"] for r in rows],
+def _fitters(compute, n, d):
+    """law → (fit(xs, y, start), the columns it reads, where the target sits in them)."""
+    return {"Hoffmann L(N,D)": (lambda xs, y, start=None: laws.fit_param_tokens(*xs, y, n_ref=n, d_ref=d, start=start),
+                                ("n", "d"), (n, d)),
+            "Kaplan L(N,D)": (lambda xs, y, start=None: laws.fit_kaplan(*xs, y, n_ref=n, d_ref=d, start=start),
+                              ("n", "d"), (n, d)),
+            "a*C^b+c": (lambda xs, y, start=None: laws.fit_loss(*xs, y, c_ref=compute, start=start),
+                        ("compute",), (compute,))}
+
+
+def _cols(rows):
+    return dict(compute=[r["compute"] for r in rows], n=[r["non_embedding_params"] for r in rows],
                 d=[r["tokens"] for r in rows])
 
-    def nd(xs, y, start=None):
-        return laws.fit_param_tokens(xs[0], xs[1], y, n_ref=n, d_ref=d, start=start)
 
-    def report_law(xs, y, start=None):
-        return laws.fit_loss(xs[0], y, c_ref=compute, start=start)
-
+def register_loss(path, target_tc: C.TrainConfig, target_run, rows, validation=(), curve=(), metrics=METRICS,
+                  n_boot=1000, level=0.9):
+    """Fit every law on the ladder `rows` for each metric, score each on the `validation` rows (not in the fit),
+    and register all of them for the target (before it starts), with the rule's choice as the prediction.
+    `curve`: training configs along the target's horizon, where Figure 1 draws the L(N, D) laws against compute."""
+    compute, n, d = size(target_tc)
+    cols, vcols = _cols(rows), _cols(validation)
     prediction = dict(target_compute=compute, target_non_embedding_params=n, target_tokens=d, level=level,
-                      curve=[dict(zip(("compute", "n", "d"), size(tc))) for tc in curve], metrics={}, alternative={})
+                      curve=[dict(zip(("compute", "n", "d"), size(tc))) for tc in curve], rule=RULE,
+                      validation_runs=[dict(name=r["name"], compute=r["compute"], final=r["final"]) for r in validation],
+                      laws={}, metrics={})
     for m in metrics:
-        loss = [r["final"][m] for r in rows]
-        for key, law, fit, xs, at in (("metrics", "L(N,D)", nd, [cols["n"], cols["d"]], (n, d)),
-                                      ("alternative", "a*C^b+c", report_law, [cols["compute"]], (compute,))):
+        loss, prediction["laws"][m] = [r["final"][m] for r in rows], {}
+        for law, (fit, keys, at) in _fitters(compute, n, d).items():
+            xs = [cols[k] for k in keys]
             point, lo, hi = laws.bootstrap(fit, xs, loss, at, n=n_boot, level=level)
-            prediction[key][m] = dict(law=law, loss=point, interval=[lo, hi], fit=fit(xs, loss).to_dict())
+            f = fit(xs, loss)
+            errs = [float(f.predict(*[vcols[k][i] for k in keys]) / r["final"][m] - 1) for i, r in enumerate(validation)]
+            prediction["laws"][m][law] = dict(law=law, loss=point, interval=[lo, hi], fit=f.to_dict(),
+                                              validation_errors=errs,
+                                              validation_mae=float(np.mean(np.abs(errs))) if errs else None)
+        choice = min(prediction["laws"][m].values(), key=lambda p: p["validation_mae"] if validation else 0)
+        prediction["metrics"][m] = choice
     return registry.register(path, target_tc.identity(), target_run, rows, prediction)
 
 
 def verify_loss(record_path, target_run, out_dir, others=()):
-    """Compare the finished target with the registered prediction; writes verify_loss.json and one PNG per metric.
-    `others`: rows of further runs (not in the fit) to draw for context."""
+    """Compare the finished target with the registered predictions (the chosen one and every law's); writes
+    verify_loss.json and one PNG per metric. `others`: rows of further runs (not in the fit) to draw."""
     record = registry.load(record_path)
     target_run, out_dir = Path(target_run), Path(out_dir)
     cfg = read_config(target_run)
@@ -65,13 +86,13 @@ def verify_loss(record_path, target_run, out_dir, others=()):
         raise FileNotFoundError(f"{target_run} has not finished: nothing to verify yet")
     done = json.loads(done_path.read_text())
     result = dict(record=str(record_path), record_sha256=record["record_sha256"], registered=record["created"],
-                  target_compute=done["flops"], metrics={})
+                  target_compute=done["flops"], rule=record["prediction"]["rule"], metrics={})
     for m, pred in record["prediction"]["metrics"].items():
         measured = done["final"][m]
-        alt = record["prediction"]["alternative"][m]
         result["metrics"][m] = dict(compare(pred, measured), law=pred["law"], measured=measured,
                                     plot=str(out_dir / f"fig1_{m}.png"),
-                                    alternative=dict(compare(alt, measured), law=alt["law"]))
+                                    laws={law: dict(compare(p, measured), validation_mae=p["validation_mae"])
+                                          for law, p in record["prediction"]["laws"][m].items()})
         plot_loss(record, m, measured, done["flops"], out_dir / f"fig1_{m}.png", others)
     atomic_write_json(out_dir / "verify_loss.json", result)
     return result
@@ -85,26 +106,30 @@ def compare(pred, measured):
 
 
 def plot_loss(record, metric, measured, target_compute, path, others=()):
-    """Figure 1 analogue: ladder runs, the registered laws (L(N, D) along the target's horizon, solid; the report's
-    a·C^b + c, dotted), the registered prediction and the measured target."""
+    """Figure 1 analogue: ladder runs, the registered laws (each L(N, D) along the target's horizon; the report's
+    a·C^b + c through compute), their registered predictions, the validation runs and the measured target."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    pred, alt = record["prediction"]["metrics"][metric], record["prediction"]["alternative"][metric]
+    pred, preds = record["prediction"]["metrics"][metric], record["prediction"]["laws"][metric]
     ref = record["prediction"]["target_compute"]
     runs = record["ladder_runs"]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
     curve = record["prediction"]["curve"]
-    if curve:
-        nd = LAWS[pred["law"]](**pred["fit"])
-        ax.plot([c["compute"] / ref for c in curve], nd.predict([c["n"] for c in curve], [c["d"] for c in curve]),
-                "-", color="tab:gray", label=f"L(N, D) = {nd.E:.2f} + {nd.A:.2f}·N^-{nd.alpha:.2f} + {nd.B:.2f}·D^-"
-                f"{nd.beta:.2f} at the target's horizon (N, D relative to the target's)")
     x = np.array([r["compute"] for r in runs]) / ref
     xs = np.logspace(np.log10(x.min()) - 0.2, np.log10(max(1.0, target_compute / ref)) + 0.2, 200)
-    fit = LAWS[alt["law"]](**alt["fit"])
-    ax.plot(xs, fit.predict(xs * ref), ":", color="tab:gray",
-            label=f"L(C) = {fit.a:.3f}·C^{fit.b:.3f} + {fit.c:.3f}  (C relative to the target)")
+    styles = {"Hoffmann L(N,D)": ("-", "tab:gray"), "Kaplan L(N,D)": ("--", "tab:purple"), "a*C^b+c": (":", "tab:brown")}
+    for i, (law, p) in enumerate(preds.items()):
+        fit, (ls, colour) = LAWS[law](**p["fit"]), styles[law]
+        chosen = " (the registered prediction)" if law == pred["law"] else ""
+        if law == "a*C^b+c":
+            ax.plot(xs, fit.predict(xs * ref), ls, color=colour, label=f"{law}: {fit.a:.3f}·C^{fit.b:.3f} + {fit.c:.3f}")
+        elif curve:
+            ax.plot([c["compute"] / ref for c in curve], fit.predict([c["n"] for c in curve], [c["d"] for c in curve]),
+                    ls, color=colour, label=f"{law} at the target's horizon, E = {fit.E:.2f}")
+        lo, hi = p["interval"]
+        ax.errorbar([1.0 * (1 + 0.04 * (i - 1))], [p["loss"]], yerr=[[p["loss"] - lo], [hi - p["loss"]]], fmt="o",
+                    color=colour, capsize=4, ms=4, label=f"registered, {law}: {p['loss']:.4f} [{lo:.4f}, {hi:.4f}]{chosen}")
     horizons = sorted({r["tokens_per_param"] for r in runs})
     for i, h in enumerate(horizons):
         sel = [r for r in runs if r["tokens_per_param"] == h]
@@ -112,18 +137,14 @@ def plot_loss(record, metric, measured, target_compute, path, others=()):
                    zorder=3, label=f"ladder runs in the fit, {h:g} tokens/parameter ({len(sel)})")
     if others:
         ax.scatter([r["compute"] / ref for r in others], [r["final"][metric] for r in others], facecolors="none",
-                   edgecolors="tab:orange", zorder=3, label=f"capability runs, not in the loss fit ({len(others)})")
-    for p, colour, law in ((pred, "black", "L(N, D)"), (alt, "tab:gray", "L(C)")):
-        lo, hi = p["interval"]
-        ax.errorbar([1.0], [p["loss"]], yerr=[[p["loss"] - lo], [hi - p["loss"]]], fmt="o", color=colour, capsize=4,
-                    ms=4, label=f"registered, {law}: {p['loss']:.4f} [{lo:.4f}, {hi:.4f}]")
+                   edgecolors="tab:orange", zorder=3, label=f"validation (capability) runs, not in the fit ({len(others)})")
     ax.scatter([target_compute / ref], [measured], color="tab:green", marker="*", s=180, zorder=4,
-               label=f"base model, measured {measured:.4f} (L(N, D) {(pred['loss'] - measured) / measured:+.2%})")
+               label=f"base model, measured {measured:.4f} ({pred['law']} {(pred['loss'] - measured) / measured:+.2%})")
     ax.set_xscale("log")
     ax.set_xlabel("training compute (target = 1)")
     ax.set_ylabel(f"final loss on {metric} (nats/token)")
     ax.set_title(f"Predictable scaling: {metric} loss")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6)
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -51,12 +51,14 @@ def step_predict(args, preset, p):
         return "skipped"
     ladder, tc = json.loads(p["ladder"].read_text()), L.target_config(preset)
     if not p["record"].exists():
-        rec = predict.register_loss(p["record"], tc, p["target"], ladder["runs"], curve=L.target_line(preset))
-        for m, v in rec["prediction"]["metrics"].items():
-            print(f"  registered {m}, {v['law']}: {v['loss']:.4f} [{v['interval'][0]:.4f}, {v['interval'][1]:.4f}] "
-                  f"at {rec['prediction']['target_compute']:.3e} FLOPs (sha256 {rec['record_sha256'][:12]})")
-            a = rec["prediction"]["alternative"][m]
-            print(f"    alternative {a['law']}: {a['loss']:.4f} [{a['interval'][0]:.4f}, {a['interval'][1]:.4f}]")
+        rec = predict.register_loss(p["record"], tc, p["target"], ladder["runs"], validation=ladder["capability_runs"],
+                                    curve=L.target_line(preset))
+        for m, laws in rec["prediction"]["laws"].items():
+            print(f"  {m} at {rec['prediction']['target_compute']:.3e} FLOPs (sha256 {rec['record_sha256'][:12]}):")
+            for law, v in laws.items():
+                mae = "" if v["validation_mae"] is None else f", validation error {v['validation_mae']:.2%}"
+                chosen = "  <- registered" if law == rec["prediction"]["metrics"][m]["law"] else ""
+                print(f"    {law}: {v['loss']:.4f} [{v['interval'][0]:.4f}, {v['interval'][1]:.4f}]{mae}{chosen}")
     runs = [Path(r["run"]) for r in ladder["capability_runs"]]
     status = dict(fit_runs=[str(r) for r in runs], settings=preset.capability)
     try:  # the report's rule may leave nothing to fit: then say so instead of predicting
@@ -90,10 +92,10 @@ def step_verify(args, preset, p):
     others = json.loads(p["ladder"].read_text()).get("capability_runs", [])
     res = predict.verify_loss(p["record"], p["target"], args.out, others)
     for m, v in res["metrics"].items():
-        print(f"  {m}, {v['law']}: predicted {v['predicted']:.4f} [{v['interval'][0]:.4f}, {v['interval'][1]:.4f}], "
-              f"measured {v['measured']:.4f}, error {v['rel_error']:+.2%}")
-        a = v["alternative"]
-        print(f"    alternative {a['law']}: predicted {a['predicted']:.4f}, error {a['rel_error']:+.2%}")
+        print(f"  {m}, registered {v['law']}: predicted {v['predicted']:.4f} [{v['interval'][0]:.4f}, "
+              f"{v['interval'][1]:.4f}], measured {v['measured']:.4f}, error {v['rel_error']:+.2%}")
+        for law, a in v["laws"].items():
+            print(f"    {law}: predicted {a['predicted']:.4f}, error {a['rel_error']:+.2%}")
     if p["cap_record"].exists():
         capability.verify_capability(p["cap_record"], p["target"], problems=capability.build_problems(variants=preset.problem_variants),
                                      out=Path(args.out) / "verify_capability.json",

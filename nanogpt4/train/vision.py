@@ -70,7 +70,7 @@ def mixed_batch(data, lengths, text, step, size, text_share, seed):
 
 
 def train(base, data_dir, text_path, out, align_steps=200, joint_steps=2150, batch_size=32, lr=3e-4, decoder_lr=3e-4,
-          text_share=0.125, seed=0, eval_every=500, dtype="bfloat16", resume=False, quiet=False, per_task=None,
+          text_share=0.25, seed=0, eval_every=500, dtype="bfloat16", resume=False, quiet=False, per_task=None,
           compile=False):
     """Train the vision model from the chat model `base` on the image sets in `data_dir` (`nanogpt4 vision-data`),
     mixing in the conversations of `text_path` (SFT's); returns done.json."""
@@ -249,7 +249,7 @@ def add_args(p):
                                                           f"{WARMUP}-step warmup, decayed over the whole run)")
     p.add_argument("--decoder-lr", type=float, default=3e-4, help="peak learning rate of the decoder's hidden "
                                                                   "matrices in the joint phase (muP groups)")
-    p.add_argument("--text-share", type=float, default=0.125, help="share of each joint batch that is text")
+    p.add_argument("--text-share", type=float, default=0.25, help="share of each joint batch that is text")
     p.add_argument("--per-task", type=int, default=None, help="held-out rows evaluated per task (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the batch order and the encoder's initialisation")
     p.add_argument("--eval-every", type=int, default=500, help="steps between held-out losses and checkpoints")
