@@ -302,7 +302,11 @@ def scaling_section(out):
         lines += [f"Registered prediction `scaling/prediction_loss.json`, sealed {record['created']} before the target "
                   f"started (sha256 `{record['record_sha256'][:16]}…`, git {record['git_commit'][:12]}): target "
                   f"{pred['target_compute']:.3g} FLOPs; the largest fit run used {frac:.2e} of it "
-                  f"({1 / frac:,.0f}× less). Interval: {pred['level']:.0%} bootstrap over ladder runs.", ""]
+                  f"({1 / frac:,.0f}× less)"
+                  + (f"; the validation runs that chose the law used up to "
+                     f"{max(v['compute'] for v in pred['validation_runs']) / pred['target_compute']:.2e} of it"
+                     if pred.get("validation_runs") else "")
+                  + f". Interval: {pred['level']:.0%} bootstrap over ladder runs.", ""]
     if ver:
         lines += ["Three laws were fitted on the fit runs and sealed together: Hoffmann et al.'s L(N, D) = E + A·N^-α + "
                   "B·D^-β, Kaplan et al.'s L(N, D) = E + [(A/N)^(α/β) + B/D]^β (N the non-embedding parameters) and "

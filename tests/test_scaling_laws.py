@@ -74,7 +74,7 @@ def test_param_token_law_recovers_its_parameters_and_extrapolates():
 def test_kaplan_law_recovers_its_parameters_and_differs_from_hoffmanns():
     """Kaplan et al.'s joint L(N, D) drawn on the same 3 × 3 grid: its fit finds the law (to 0.1% at a target 10×
     the largest N), while Hoffmann's sum fitted to the same points misses there (the forms extrapolate differently);
-    a grid on one horizon is refused as for Hoffmann's."""
+    a grid on one horizon, a non-positive or NaN value and columns of different lengths are refused by both."""
     from nanogpt4.scaling.laws import KaplanFit, fit_kaplan, fit_param_tokens
     true = KaplanFit(E=1.5, A=0.5, alpha=0.35, B=1.0, beta=0.3, n_ref=1e6, d_ref=1e6)
     grid = [(n, n * r) for n in (2e5, 4e5, 8e5) for r in (1, 3, 9)]
@@ -85,3 +85,9 @@ def test_kaplan_law_recovers_its_parameters_and_differs_from_hoffmanns():
     assert abs(fit_param_tokens(n, d, y).predict(*target) / true.predict(*target) - 1) > 3e-3
     with pytest.raises(ValueError, match="tokens per parameter"):
         fit_kaplan(*np.array([(a, 3 * a * (1 + 0.002 * k)) for k, a in enumerate((2e5, 4e5, 8e5))]).T, y[:3])
+    for fit in (fit_kaplan, fit_param_tokens):
+        for bad in (np.where(np.arange(9) == 4, 0.0, y), np.where(np.arange(9) == 4, np.nan, y)):
+            with pytest.raises(ValueError, match="positive and finite"):
+                fit(n, d, bad)
+        with pytest.raises(ValueError, match="equal-length"):
+            fit(n, d[:-1], y)

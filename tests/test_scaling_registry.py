@@ -81,3 +81,28 @@ def test_every_law_registered_the_rule_picks_by_validation_and_verification_read
     for m, v in res["metrics"].items():
         assert abs(v["rel_error"]) < 0.01 and v["law"] == pred["metrics"][m]["law"] and set(v["laws"]) == set(predict.LAWS)
         assert (tmp_path / f"fig1_{m}.png").stat().st_size > 10_000
+
+
+def test_the_rule_scores_only_runs_outside_the_fit_and_never_picks_a_non_finite_error(tmp_path):
+    """A validation run that is a fit run is refused before anything is written; a law whose validation error is
+    NaN is never the rule's choice, however it is listed, and no finite error at all is an error, not a pick; a
+    record sealed before every law was registered is refused by verification with a clear message."""
+    from nanogpt4.scaling import ladder as L, predict
+    preset = L.PRESETS["tiny"]
+    rows = []
+    for tc in L.fit_configs(preset):
+        compute, n, d = predict.size(tc)
+        rows.append(dict(name=L.name(tc), compute=compute, non_embedding_params=n, tokens=d,
+                         final=dict(heldout_code=3.0, val_text=4.0), config_hash=R.config_hash(tc.identity())))
+    with pytest.raises(R.RegistryError, match="outside the fit"):
+        predict.register_loss(tmp_path / "rec.json", L.target_config(preset), tmp_path / "t", rows, validation=rows[:1])
+    assert not (tmp_path / "rec.json").exists()
+    nan, good = dict(law="first", validation_mae=float("nan")), dict(law="second", validation_mae=0.2)
+    assert predict.choose([nan, good])["law"] == "second" and predict.choose([good, nan])["law"] == "second"
+    assert predict.choose([dict(law="a", validation_mae=None), dict(law="b", validation_mae=None)])["law"] == "a"
+    with pytest.raises(ValueError, match="finite"):
+        predict.choose([nan, dict(nan, law="other")])
+    old = R.register(tmp_path / "old.json", TARGET, tmp_path / "t", LADDER, {"alternative": {}, "metrics": {}})
+    assert old["prediction"]["alternative"] == {}
+    with pytest.raises(R.RegistryError, match="before every law"):
+        predict.verify_loss(tmp_path / "old.json", tmp_path / "t", tmp_path)

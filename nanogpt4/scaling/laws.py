@@ -34,6 +34,12 @@ def distinct(compute, need, law):
                          f"{sorted(set(np.asarray(compute, dtype=float).tolist()))} from {len(compute)} runs")
 
 
+def _best(resid, starts, bounds):
+    """The lowest-cost least-squares solution over the starting points."""
+    fits = [least_squares(resid, p0, bounds=bounds) for p0 in starts]
+    return min(fits, key=lambda r: r.cost).x
+
+
 def fit_power(compute, loss, c_ref=None, start=None):
     """L = a·(C/c_ref)^b with no irreducible term: a straight line in log-log space."""
     x, y = np.asarray(compute, dtype=float), np.asarray(loss, dtype=float)
@@ -63,22 +69,18 @@ def fit_loss(compute, loss, c_ref=None, start=None):
         starts = [[start.a, start.b, min(start.c, 0.999 * lo)]]
     else:  # a few starts: the irreducible term is the hard parameter
         starts = [[max(float(np.mean((y - c0) / u ** -0.1)), 1e-6), -0.1, c0] for c0 in (0.0, 0.5 * lo, 0.9 * lo)]
-    best = None
-    for p0 in starts:
-        r = least_squares(resid, p0, bounds=([1e-12, -5.0, 0.0], [np.inf, -1e-6, lo]))
-        if best is None or r.cost < best.cost:
-            best = r
-    a, b, c = best.x
+    a, b, c = _best(resid, starts, ([1e-12, -5.0, 0.0], [np.inf, -1e-6, lo]))
     return LossFit(float(a), float(b), float(c), c_ref)
 
 
-def bootstrap(fit, xs, loss, at, n=1000, seed=0, level=0.9):
+def bootstrap(fit, xs, loss, at, n=1000, seed=0, level=0.9, full=None):
     """A law's prediction at `at` with a bootstrap interval: `fit(xs, loss, start=None)` is one of the fits here
     on the columns `xs` (compute; or parameters and tokens); the runs are resampled with replacement, refitted
     from the full-data fit and predicted at `at` (a tuple of the columns' values). Resamples the law refuses
-    (TooFewDistinct) are redrawn, at most 100·n draws. Returns (point, low, high)."""
+    (TooFewDistinct) are redrawn, at most 100·n draws. `full`: the full-data fit when the caller has it already.
+    Returns (point, low, high)."""
     xs, y = [np.asarray(x, dtype=float) for x in xs], np.asarray(loss, dtype=float)
-    full = fit(xs, y)
+    full = fit(xs, y) if full is None else full
     point = float(full.predict(*at))
     rng, preds = np.random.default_rng(seed), []
     for _ in range(100 * n):  # bounded: with few distinct values most resamples are redrawn
@@ -93,6 +95,22 @@ def bootstrap(fit, xs, loss, at, n=1000, seed=0, level=0.9):
         raise TooFewDistinct(f"only {len(preds)} of {100 * n} bootstrap resamples pinned the law")
     lo, hi = np.quantile(preds, [(1 - level) / 2, (1 + level) / 2])
     return point, float(lo), float(hi)
+
+
+def grid(params, tokens, loss):
+    """The columns of an L(N, D) fit as arrays, refused unless they pin the law: equal lengths, positive and
+    finite values, ≥ 3 distinct N, ≥ 3 distinct D and ≥ 2 ratios D/N (with fewer an exponent is not pinned)."""
+    n, d, y = (np.asarray(v, dtype=float) for v in (params, tokens, loss))
+    if not n.shape == d.shape == y.shape or n.ndim != 1:
+        raise ValueError(f"params, tokens and loss must be three equal-length lists, got shapes {n.shape}, {d.shape}, {y.shape}")
+    if not (np.all(np.isfinite(np.concatenate([n, d, y]))) and np.all(n > 0) and np.all(d > 0) and np.all(y > 0)):
+        raise ValueError("params, tokens and loss must be positive and finite")
+    distinct(n, 3, "L(N, D) (model sizes)")
+    distinct(d, 3, "L(N, D) (token counts)")
+    # ln(D/N) to 0.1 (~10%): a horizon's runs differ a little in D/N as their tokens round to whole batches
+    distinct(np.round(np.log(d / n), 1), 2, "L(N, D) (ln tokens per parameter: on one ratio N and D move together "
+             "and α, β are one)")
+    return n, d, y
 
 
 @dataclass
@@ -118,14 +136,8 @@ class ParamTokenFit:
 def fit_param_tokens(params, tokens, loss, n_ref=None, d_ref=None, start=None):
     """Least-squares fit of ParamTokenFit on log-loss residuals (relative errors, as fit_loss), from a grid of
     starts (Hoffmann et al. fit from a grid too: the exponents and E trade off) or from `start` (a ParamTokenFit:
-    bootstrap refits). Needs ≥ 3 distinct N, ≥ 3 distinct D and ≥ 2 ratios D/N: with fewer an exponent is not
-    pinned."""
-    n, d, y = (np.asarray(v, dtype=float) for v in (params, tokens, loss))
-    distinct(n, 3, "L(N, D) (model sizes)")
-    distinct(d, 3, "L(N, D) (token counts)")
-    # ln(D/N) to 0.1 (~10%): a horizon's runs differ a little in D/N as their tokens round to whole batches
-    distinct(np.round(np.log(d / n), 1), 2, "L(N, D) (ln tokens per parameter: on one ratio N and D move together "
-             "and α, β are one)")
+    bootstrap refits). The runs must pin the law (`grid`)."""
+    n, d, y = grid(params, tokens, loss)
     n_ref, d_ref = float(n_ref or n.max()), float(d_ref or d.max())
     u, v, lo = n / n_ref, d / d_ref, y.min() * (1 - 1e-9)
 
@@ -138,12 +150,8 @@ def fit_param_tokens(params, tokens, loss, n_ref=None, d_ref=None, start=None):
     else:
         starts = [[e0, max(float(np.mean(y)) - e0, 1e-3) / 2, a0, max(float(np.mean(y)) - e0, 1e-3) / 2, a0]
                   for e0 in (0.0, 0.5 * lo, 0.9 * lo) for a0 in (0.1, 0.5)]
-    best = None
-    for p0 in starts:
-        r = least_squares(resid, p0, bounds=([0, 0, 1e-3, 0, 1e-3], [lo, np.inf, 3, np.inf, 3]))
-        if best is None or r.cost < best.cost:
-            best = r
-    return ParamTokenFit(*map(float, best.x), n_ref, d_ref)
+    return ParamTokenFit(*map(float, _best(resid, starts, ([0, 0, 1e-3, 0, 1e-3], [lo, np.inf, 3, np.inf, 3]))),
+                         n_ref, d_ref)
 
 
 @dataclass
@@ -169,12 +177,8 @@ class KaplanFit:
 
 def fit_kaplan(params, tokens, loss, n_ref=None, d_ref=None, start=None):
     """Least-squares fit of KaplanFit on log-loss residuals, from a grid of starts or from `start` (a KaplanFit),
-    with the same conditions on the runs as fit_param_tokens."""
-    n, d, y = (np.asarray(v, dtype=float) for v in (params, tokens, loss))
-    distinct(n, 3, "L(N, D) (model sizes)")
-    distinct(d, 3, "L(N, D) (token counts)")
-    distinct(np.round(np.log(d / n), 1), 2, "L(N, D) (ln tokens per parameter: on one ratio N and D move together "
-             "and α, β are one)")
+    with the same conditions on the runs (`grid`)."""
+    n, d, y = grid(params, tokens, loss)
     n_ref, d_ref = float(n_ref or n.max()), float(d_ref or d.max())
     u, v, lo = n / n_ref, d / d_ref, y.min() * (1 - 1e-9)
 
@@ -187,12 +191,8 @@ def fit_kaplan(params, tokens, loss, n_ref=None, d_ref=None, start=None):
     else:
         starts = [[e0, a, a0, b, b0] for e0 in (0.0, 0.5 * lo, 0.9 * lo) for a, b in ((0.1, 0.1), (1.0, 1.0))
                   for a0, b0 in ((0.1, 0.1), (0.5, 0.3))]
-    best = None
-    for p0 in starts:
-        r = least_squares(resid, p0, bounds=([0, 1e-9, 1e-3, 1e-9, 1e-3], [lo, np.inf, 3, np.inf, 3]))
-        if best is None or r.cost < best.cost:
-            best = r
-    return KaplanFit(*map(float, best.x), n_ref, d_ref)
+    return KaplanFit(*map(float, _best(resid, starts, ([0, 1e-9, 1e-3, 1e-9, 1e-3], [lo, np.inf, 3, np.inf, 3]))),
+                     n_ref, d_ref)
 
 
 @dataclass

@@ -54,30 +54,47 @@ def register_loss(path, target_tc: C.TrainConfig, target_run, rows, validation=(
     and register all of them for the target (before it starts), with the rule's choice as the prediction.
     `curve`: training configs along the target's horizon, where Figure 1 draws the L(N, D) laws against compute."""
     compute, n, d = size(target_tc)
+    validation = list(validation)
+    held = {r["config_hash"] for r in rows} | {registry.config_hash(target_tc.identity())}
+    if any(r["config_hash"] in held for r in validation):
+        raise registry.RegistryError("a validation run is a fit run or the target: the rule must score the laws "
+                                     "on runs outside the fit")
     cols, vcols = _cols(rows), _cols(validation)
     prediction = dict(target_compute=compute, target_non_embedding_params=n, target_tokens=d, level=level,
                       curve=[dict(zip(("compute", "n", "d"), size(tc))) for tc in curve], rule=RULE,
-                      validation_runs=[dict(name=r["name"], compute=r["compute"], final=r["final"]) for r in validation],
+                      validation_runs=[dict(name=r["name"], compute=r["compute"], config_hash=r["config_hash"],
+                                            final=r["final"]) for r in validation],
                       laws={}, metrics={})
     for m in metrics:
         loss, prediction["laws"][m] = [r["final"][m] for r in rows], {}
         for law, (fit, keys, at) in _fitters(compute, n, d).items():
             xs = [cols[k] for k in keys]
-            point, lo, hi = laws.bootstrap(fit, xs, loss, at, n=n_boot, level=level)
             f = fit(xs, loss)
+            point, lo, hi = laws.bootstrap(fit, xs, loss, at, n=n_boot, level=level, full=f)
             errs = [float(f.predict(*[vcols[k][i] for k in keys]) / r["final"][m] - 1) for i, r in enumerate(validation)]
             prediction["laws"][m][law] = dict(law=law, loss=point, interval=[lo, hi], fit=f.to_dict(),
                                               validation_errors=errs,
                                               validation_mae=float(np.mean(np.abs(errs))) if errs else None)
-        choice = min(prediction["laws"][m].values(), key=lambda p: p["validation_mae"] if validation else 0)
-        prediction["metrics"][m] = choice
+        prediction["metrics"][m] = choose(prediction["laws"][m].values())
     return registry.register(path, target_tc.identity(), target_run, rows, prediction)
+
+
+def choose(predictions):
+    """The rule (RULE): the prediction with the lowest finite validation error, the first one without any."""
+    predictions = list(predictions)
+    scored = [p for p in predictions if p["validation_mae"] is not None and np.isfinite(p["validation_mae"])]
+    if any(p["validation_mae"] is not None for p in predictions) and not scored:
+        raise ValueError("no law predicts the validation runs with a finite error: nothing to register")
+    return min(scored, key=lambda p: p["validation_mae"]) if scored else predictions[0]
 
 
 def verify_loss(record_path, target_run, out_dir, others=()):
     """Compare the finished target with the registered predictions (the chosen one and every law's); writes
     verify_loss.json and one PNG per metric. `others`: rows of further runs (not in the fit) to draw."""
     record = registry.load(record_path)
+    if "laws" not in record["prediction"]:
+        raise registry.RegistryError(f"{record_path} was sealed before every law was registered (no 'laws'): verify it "
+                                     f"with the nanogpt4 commit that wrote it, {record['git_commit'][:12]}")
     target_run, out_dir = Path(target_run), Path(out_dir)
     cfg = read_config(target_run)
     registry.check_target(record, C.identity(cfg["train"], cfg["model"]))
