@@ -3,7 +3,7 @@
     .venv/bin/python bench/pretrain.py [--tokens runs/default/tokenizer/tokens] [--depths 2,4,6] [--steps 30]
 
 Runs the real training loop (`nanogpt4.train.pretrain.train`) for a few steps per size on the main job's token
-shards (run `nanogpt4 run` or `nanogpt4 tokenizer` first), bf16 autocast + torch.compile by default, and reads
+shards (run `nanogpt4 run` or `nanogpt4 tokenizer` first), autocast in perf.fast_dtype (bf16 where the CPU has bf16 arithmetic) + torch.compile by default, and reads
 tokens/s and MFU from each run's metrics.jsonl, skipping the first logging interval (compilation).
 Re-executes itself under tcmalloc when it is installed, as the CLI does.
 """
@@ -18,7 +18,7 @@ import torch
 
 from nanogpt4 import config as C
 from nanogpt4.cli import use_tcmalloc
-from nanogpt4.perf import measure_matmul_peak
+from nanogpt4.perf import FAST_DTYPE, measure_matmul_peak
 from nanogpt4.train import pretrain
 
 
@@ -29,7 +29,7 @@ def main():
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--batch-seqs", type=int, default=64)
     p.add_argument("--no-compile", action="store_true")
-    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--dtype", default=FAST_DTYPE, choices=("bfloat16", "float32"))
     args = p.parse_args()
     tokens = Path(args.tokens)
     if not (tokens / "meta.json").exists():

@@ -1,5 +1,5 @@
-"""Measured hardware facts for MFU: the machine's achievable matmul peak, measured (not read off a datasheet)
-and cached per machine, dtype and thread count."""
+"""Hardware facts: the machine's achievable matmul peak for MFU, measured (not read off a datasheet) and cached
+per machine, dtype and thread count; and the training dtype the machine runs fast."""
 import json
 import platform
 import time
@@ -57,3 +57,18 @@ def matmul_peak(device=torch.device("cpu"), dtype=torch.bfloat16, refresh=False)
         peaks[key] = measure_matmul_peak(device, dtype)
         atomic_write_json(path, peaks)
     return peaks[key]
+
+
+def fast_dtype():
+    """The autocast dtype training and evaluation default to: bfloat16 on a GPU that has it and on CPUs with bf16
+    arithmetic (AVX512-BF16 or AMX), float32 elsewhere. Where bf16 is emulated it is the slow choice: on a Xeon
+    without either, a 2048³ bf16 matmul ran at 60 GFLOP/s against 262 in float32 (NOTES.md, 2026-12-04). The
+    choice is recorded in each run's config, so a run resumes in the dtype it started in."""
+    if torch.cuda.is_available():
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    native = [getattr(torch.cpu, f, lambda: False)() for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return "bfloat16" if any(native) else "float32"
+
+
+FAST_DTYPE = fast_dtype()
+

@@ -128,7 +128,7 @@ def pretrain_section(out):
         mfu = statistics.median(m["mfu"] for m in rates)
         lines += [f"Throughput (median over {len(rates)} logging intervals of 10 steps, from `metrics.jsonl`): "
                   f"**{tok:,.0f} tokens/s**, MFU **{mfu:.1%}** of the matmul peak measured on this machine "
-                  "(`nanogpt4.perf.matmul_peak`, square bf16 matmuls).", "", "![throughput](throughput.png)", ""]
+                  f"(`nanogpt4.perf.matmul_peak`, square {tr['dtype']} matmuls).", "", "![throughput](throughput.png)", ""]
     return lines
 
 

@@ -253,6 +253,16 @@ def test_invalid_config_values_are_user_errors():
         pretrain.check_config(tiny_config(beta2=1.5))
 
 
+def test_default_dtype_is_bf16_only_where_the_cpu_has_bf16_arithmetic(monkeypatch):
+    from nanogpt4 import perf
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for avx512_bf16, amx, want in ((False, False, "float32"), (True, False, "bfloat16"), (False, True, "bfloat16")):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+        assert perf.fast_dtype() == want
+    assert C.TrainConfig().identity()["dtype"] == perf.FAST_DTYPE  # the choice is part of what makes a run that run
+
+
 def corrupt(path):
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF

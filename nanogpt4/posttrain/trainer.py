@@ -1,6 +1,6 @@
 """What every post-training trainer shares (sft.py, reward.py, dpo.py, ppo.py): the run directory and its config
-check, the optimizer with the base run's muP groups, the learning-rate decay, bf16 autocast on CPU, resuming from
-the newest verified checkpoint (metrics logged after it are dropped, to be logged again), the batch order and the
+check, the optimizer with the base run's muP groups, the learning-rate decay, autocast on CPU (bf16 where the machine has bf16
+arithmetic), resuming from the newest verified checkpoint (metrics logged after it are dropped, to be logged again), the batch order and the
 metrics log."""
 import contextlib
 import copy
@@ -14,6 +14,7 @@ import torch
 
 from .. import checkpoint, runs
 from ..common import UserError, atomic_write_json, command_line, git_commit, iter_jsonl, sha256_file
+from ..perf import FAST_DTYPE
 
 
 def setup(base, data_path, out, cfg, resume, kind="sft", model_update=None):
@@ -155,7 +156,7 @@ def add_args(p, steps, lr, unit):
                                                         "muP groups")
     p.add_argument("--seed", type=int, default=0, help="seed of the batch order")
     p.add_argument("--eval-every", type=int, default=50, help="steps between held-out evaluations and checkpoints")
-    p.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="autocast dtype on CPU")
+    p.add_argument("--dtype", choices=("bfloat16", "float32"), default=FAST_DTYPE, help="autocast dtype on CPU (default: perf.fast_dtype)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
 
 

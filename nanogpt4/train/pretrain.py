@@ -25,7 +25,7 @@ from .. import config as C
 from ..common import UserError, atomic_write_json, atomic_write_text, git_commit, command_line, iter_jsonl
 from ..data import shards
 from ..model.gpt import GPT
-from ..perf import matmul_peak
+from ..perf import FAST_DTYPE, matmul_peak
 from ..runs import read_config
 from .. import checkpoint
 
@@ -86,9 +86,9 @@ def loss_by_position(model, x, y, micro_batch=32):
     """Mean loss at each position over the windows x, y (N, T): how much a model gains from its context. The drop
     from the first positions to the late ones is Olsson et al. 2022's in-context learning score; past a trained
     context it shows whether a long-context variant uses it."""
-    losses = []
+    losses, cast = [], getattr(torch, FAST_DTYPE)
     for i in range(0, len(x), micro_batch):
-        with torch.autocast("cpu", torch.bfloat16):
+        with torch.autocast("cpu", cast, enabled=cast != torch.float32):
             logits = model(x[i:i + micro_batch])
         losses.append(F.cross_entropy(logits.float().transpose(1, 2), y[i:i + micro_batch], reduction="none"))
     return torch.cat(losses).mean(0)
