@@ -312,14 +312,17 @@ def scaling_section(out):
                   "B·D^-β, Kaplan et al.'s L(N, D) = E + [(A/N)^(α/β) + B/D]^β (N the non-embedding parameters) and "
                   f"the report's a·C^b + c through total compute. The registered prediction is {ver['rule']}: the "
                   "capability runs, not in the fit, at the target's horizon (`nanogpt4/scaling/predict.py`; NOTES.md "
-                  "compares the laws).", "",
-                  "| metric, law | validation error | predicted | interval | measured | error | in interval |",
-                  "|---|---:|---:|---|---:|---:|---|"]
+                  "compares the laws and the rules).", "",
+                  "| metric, law | validation error | weight | predicted | interval | measured | error | in interval |",
+                  "|---|---:|---:|---:|---|---:|---:|---|"]
         for m, v in ver["metrics"].items():
-            for law, x in v["laws"].items():
-                mae = "–" if x["validation_mae"] is None else f"{x['validation_mae']:.2%}"
+            weights = v.get("weights") or {}
+            rows_ = list(v["laws"].items()) + ([("combination", v)] if weights else [])
+            for law, x in rows_:
+                mae = "–" if x.get("validation_mae") is None else f"{x['validation_mae']:.2%}"
                 name = f"**{law}** (registered)" if law == v["law"] else law
-                lines.append(f"| {m}, {name} | {mae} | {x['predicted']:.4f} | [{x['interval'][0]:.4f}, "
+                weight = f"{weights[law]:.3f}" if law in weights else "–"
+                lines.append(f"| {m}, {name} | {mae} | {weight} | {x['predicted']:.4f} | [{x['interval'][0]:.4f}, "
                              f"{x['interval'][1]:.4f}] | {v['measured']:.4f} | **{x['rel_error']:+.2%}** | "
                              f"{'yes' if x['in_interval'] else 'no'} |")
         lines += [""] + [f"![{m}](scaling/fig1_{m}.png)" for m in ver["metrics"]] + [""]

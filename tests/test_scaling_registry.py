@@ -40,11 +40,12 @@ def test_refusals(tmp_path):
         R.check_target(rec, dict(TARGET, lr=0.01))
 
 
-def test_every_law_registered_the_rule_picks_by_validation_and_verification_reads_all(tmp_path):
+def test_every_law_registered_the_rule_weights_by_validation_and_verification_reads_all(tmp_path):
     """register_loss on a grid drawn from known laws (held-out code from Hoffmann's L(N, D), text from Kaplan's): all
-    three laws are registered, the sealed rule picks each metric's true law by its error on the validation runs (the
-    capability runs, not in the fit), whose prediction recovers the target's loss; without validation runs the
-    first law is the prediction; verification reads every law back and Figure 1 is drawn."""
+    three laws are registered, the sealed rule's combination puts nearly all weight on each metric's true law by its
+    error on the validation runs (the capability runs, not in the fit) and recovers the target's loss; without
+    validation runs the weights are equal; verification reads every law and the combination back and Figure 1 is
+    drawn."""
     from nanogpt4.scaling import ladder as L, laws, predict
     preset = L.PRESETS["cpu"]
     truth = dict(heldout_code=laws.ParamTokenFit(E=1.5, A=1.0, alpha=0.3, B=2.0, beta=0.3, n_ref=1e6, d_ref=1e7),
@@ -68,25 +69,32 @@ def test_every_law_registered_the_rule_picks_by_validation_and_verification_read
     assert [v["name"] for v in pred["validation_runs"]] == [L.name(tc) for tc in L.cap_configs(preset)]
     for m, law in (("heldout_code", "Hoffmann L(N,D)"), ("val_text", "Kaplan L(N,D)")):
         assert set(pred["laws"][m]) == set(predict.LAWS)
-        assert pred["metrics"][m]["law"] == law and abs(pred["metrics"][m]["loss"] / want[m] - 1) < 0.01, m
+        reg = pred["metrics"][m]
+        assert reg["law"] == "combination" and reg["weights"][law] > 0.99 and abs(sum(reg["weights"].values()) - 1) < 1e-9
+        assert abs(reg["loss"] / want[m] - 1) < 0.01, m
         assert pred["laws"][m][law]["validation_mae"] < 1e-3 < max(p["validation_mae"] for p in pred["laws"][m].values())
     plain = predict.register_loss(tmp_path / "plain.json", target, tmp_path / "base", rows(L.fit_configs(preset)),
                                   n_boot=10)
-    assert {p["law"] for p in plain["prediction"]["metrics"].values()} == {"Hoffmann L(N,D)"}
+    for m, reg in plain["prediction"]["metrics"].items():
+        laws_ = plain["prediction"]["laws"][m].values()
+        assert set(reg["weights"].values()) == {1 / 3} and reg["validation_mae"] is None
+        assert reg["loss"] == pytest.approx(sum(p["loss"] for p in laws_) / 3)
     (tmp_path / "base").mkdir()
     (tmp_path / "base" / "config.json").write_text(json.dumps(dict(train=target.to_dict(),
                                                                    model=target.model_config().to_dict())))
     (tmp_path / "base" / "done.json").write_text(json.dumps(dict(flops=compute, final=want)))
     res = predict.verify_loss(tmp_path / "rec.json", tmp_path / "base", tmp_path, others=rows(L.cap_configs(preset)))
     for m, v in res["metrics"].items():
-        assert abs(v["rel_error"]) < 0.01 and v["law"] == pred["metrics"][m]["law"] and set(v["laws"]) == set(predict.LAWS)
+        assert abs(v["rel_error"]) < 0.01 and v["law"] == "combination" and set(v["laws"]) == set(predict.LAWS)
+        assert v["weights"] == pred["metrics"][m]["weights"]
         assert (tmp_path / f"fig1_{m}.png").stat().st_size > 10_000
 
 
-def test_the_rule_scores_only_runs_outside_the_fit_and_never_picks_a_non_finite_error(tmp_path):
-    """A validation run that is a fit run is refused before anything is written; a law whose validation error is
-    NaN is never the rule's choice, however it is listed, and no finite error at all is an error, not a pick; a
-    record sealed before every law was registered is refused by verification with a clear message."""
+def test_the_rule_scores_only_runs_outside_the_fit_and_never_weights_a_non_finite_error(tmp_path):
+    """A validation run that is a fit run is refused before anything is written; the combination weights laws by
+    1/MSE (Bates-Granger), its interval and validation errors are the same weighted means; a law whose validation
+    error is NaN gets weight 0, however it is listed, and no finite error at all is an error; a record sealed before
+    every law was registered is refused by verification with a clear message."""
     from nanogpt4.scaling import ladder as L, predict
     preset = L.PRESETS["tiny"]
     rows = []
@@ -97,11 +105,22 @@ def test_the_rule_scores_only_runs_outside_the_fit_and_never_picks_a_non_finite_
     with pytest.raises(R.RegistryError, match="outside the fit"):
         predict.register_loss(tmp_path / "rec.json", L.target_config(preset), tmp_path / "t", rows, validation=rows[:1])
     assert not (tmp_path / "rec.json").exists()
-    nan, good = dict(law="first", validation_mae=float("nan")), dict(law="second", validation_mae=0.2)
-    assert predict.choose([nan, good])["law"] == "second" and predict.choose([good, nan])["law"] == "second"
-    assert predict.choose([dict(law="a", validation_mae=None), dict(law="b", validation_mae=None)])["law"] == "a"
+    def law(name, loss, errs, interval=None):
+        errs = list(errs)
+        return dict(law=name, loss=loss, interval=interval or [loss - 0.1, loss + 0.1], validation_errors=errs,
+                    validation_mse=sum(e * e for e in errs) / len(errs) if errs else None)
+
+    a, b = law("a", 3.0, [0.01, -0.01]), law("b", 3.3, [0.02, 0.02], [3.0, 3.4])  # MSE 1e-4 and 4e-4: weights 0.8, 0.2
+    c = law("c", 9.0, [float("nan"), 0.0])
+    reg = predict.combine([a, b])
+    assert reg["weights"] == pytest.approx(dict(a=0.8, b=0.2)) and reg["loss"] == pytest.approx(3.06)
+    assert reg["interval"] == pytest.approx([2.9 * 0.8 + 3.0 * 0.2, 3.1 * 0.8 + 3.4 * 0.2])
+    assert reg["validation_errors"] == pytest.approx([0.012, -0.004]) and reg["validation_mae"] == pytest.approx(0.008)
+    for order in ([c, a, b], [a, c, b], [a, b, c]):
+        assert predict.combine(order)["weights"]["c"] == 0 and predict.combine(order)["loss"] == pytest.approx(3.06)
+    assert predict.combine([law("x", 2.0, []), law("y", 4.0, [])])["loss"] == 3.0  # no validation runs: equal weights
     with pytest.raises(ValueError, match="finite"):
-        predict.choose([nan, dict(nan, law="other")])
+        predict.combine([c, dict(c, law="other")])
     old = R.register(tmp_path / "old.json", TARGET, tmp_path / "t", LADDER, {"alternative": {}, "metrics": {}})
     assert old["prediction"]["alternative"] == {}
     with pytest.raises(R.RegistryError, match="before every law"):

@@ -8,10 +8,12 @@ Three laws are fitted on the same fit runs and all three predictions are sealed,
 Hoffmann et al.'s L(N, D) = E + A·N^-α + B·D^-β and Kaplan et al.'s joint L(N, D) = E + [(A/N)^(α/β) + B/D]^β over
 the ladder's grid of sizes and horizons (N the non-embedding parameters: the fit runs sit at longer horizons than
 the target, so that each is past the in-context copying switch, and a law in N and D carries them to the target's
-horizon), and the report's L(C) = a·C^b + c through total compute. The registered prediction of each metric is
-the law, chosen by a rule sealed with them, that best predicts the validation runs: the capability runs, which
-are not in the fit, sit at the target's horizon and train before the target (lowest mean |relative error|).
-NOTES.md (2026-12-03, 2026-12-04) measures the laws and the rule."""
+horizon), and the report's L(C) = a·C^b + c through total compute. The registered prediction of each metric
+combines the three by a rule sealed with them (Bates & Granger 1969, "The combination of forecasts"): their mean,
+each weighted by the inverse of its mean squared relative error on the validation runs, the capability runs,
+which are not in the fit, sit at the target's horizon and train before the target. Laws the validation runs can
+tell apart get weights near 0 and 1; a near tie is averaged instead of decided by noise. NOTES.md (2026-12-03,
+2026-12-04) measures the laws and the rules."""
 import json
 from pathlib import Path
 
@@ -24,7 +26,8 @@ from . import laws, registry
 
 METRICS = ("heldout_code", "val_text")
 LAWS = {"Hoffmann L(N,D)": laws.ParamTokenFit, "Kaplan L(N,D)": laws.KaplanFit, "a*C^b+c": laws.LossFit}
-RULE = "the law with the lowest mean |relative error| on the validation runs (the first law without any)"
+RULE = ("the laws' mean weighted by the inverse of their mean squared relative error on the validation runs "
+        "(Bates-Granger; equal weights without validation runs)")
 
 
 def size(tc: C.TrainConfig):
@@ -74,18 +77,36 @@ def register_loss(path, target_tc: C.TrainConfig, target_run, rows, validation=(
             errs = [float(f.predict(*[vcols[k][i] for k in keys]) / r["final"][m] - 1) for i, r in enumerate(validation)]
             prediction["laws"][m][law] = dict(law=law, loss=point, interval=[lo, hi], fit=f.to_dict(),
                                               validation_errors=errs,
-                                              validation_mae=float(np.mean(np.abs(errs))) if errs else None)
-        prediction["metrics"][m] = choose(prediction["laws"][m].values())
+                                              validation_mae=float(np.mean(np.abs(errs))) if errs else None,
+                                              validation_mse=float(np.mean(np.square(errs))) if errs else None)
+        prediction["metrics"][m] = combine(prediction["laws"][m].values())
     return registry.register(path, target_tc.identity(), target_run, rows, prediction)
 
 
-def choose(predictions):
-    """The rule (RULE): the prediction with the lowest finite validation error, the first one without any."""
+def combine(predictions):
+    """The rule (RULE): every law's prediction, interval endpoints and validation errors averaged with weights
+    ∝ 1 / (mean squared validation error); a law with a non-finite error gets weight 0, and no finite error at
+    all is an error. Without validation runs the weights are equal. (The interval is the weighted mean of the
+    laws' bootstrap endpoints: their bootstraps resample the same runs, so their errors move together.)"""
     predictions = list(predictions)
-    scored = [p for p in predictions if p["validation_mae"] is not None and np.isfinite(p["validation_mae"])]
-    if any(p["validation_mae"] is not None for p in predictions) and not scored:
+    mse = np.array([np.nan if p.get("validation_mse") is None else p["validation_mse"] for p in predictions])
+    if all(p.get("validation_mse") is None for p in predictions):
+        w = np.ones(len(predictions))
+    elif not np.isfinite(mse).any():
         raise ValueError("no law predicts the validation runs with a finite error: nothing to register")
-    return min(scored, key=lambda p: p["validation_mae"]) if scored else predictions[0]
+    else:
+        w = np.where(np.isfinite(mse), 1 / np.maximum(np.nan_to_num(mse, nan=1.0), 1e-12), 0.0)
+    w = w / w.sum()
+    used = [(wi, p) for wi, p in zip(w, predictions) if wi > 0]
+
+    def mean(get):
+        return float(sum(wi * get(p) for wi, p in used))
+
+    errs = [mean(lambda p: p["validation_errors"][i]) for i in range(len(used[0][1]["validation_errors"]))]
+    return dict(law="combination", loss=mean(lambda p: p["loss"]),
+                interval=[mean(lambda p: p["interval"][0]), mean(lambda p: p["interval"][1])],
+                weights={p["law"]: float(wi) for wi, p in zip(w, predictions)}, validation_errors=errs,
+                validation_mae=float(np.mean(np.abs(errs))) if errs else None)
 
 
 def verify_loss(record_path, target_run, out_dir, others=()):
@@ -106,7 +127,8 @@ def verify_loss(record_path, target_run, out_dir, others=()):
                   target_compute=done["flops"], rule=record["prediction"]["rule"], metrics={})
     for m, pred in record["prediction"]["metrics"].items():
         measured = done["final"][m]
-        result["metrics"][m] = dict(compare(pred, measured), law=pred["law"], measured=measured,
+        result["metrics"][m] = dict(compare(pred, measured), law=pred["law"], weights=pred.get("weights"),
+                                    validation_mae=pred.get("validation_mae"), measured=measured,
                                     plot=str(out_dir / f"fig1_{m}.png"),
                                     laws={law: dict(compare(p, measured), validation_mae=p["validation_mae"])
                                           for law, p in record["prediction"]["laws"][m].items()})
@@ -138,7 +160,8 @@ def plot_loss(record, metric, measured, target_compute, path, others=()):
     styles = {"Hoffmann L(N,D)": ("-", "tab:gray"), "Kaplan L(N,D)": ("--", "tab:purple"), "a*C^b+c": (":", "tab:brown")}
     for i, (law, p) in enumerate(preds.items()):
         fit, (ls, colour) = LAWS[law](**p["fit"]), styles[law]
-        chosen = " (the registered prediction)" if law == pred["law"] else ""
+        chosen = (" (the registered prediction)" if law == pred["law"] else
+                  f", weight {pred['weights'][law]:.2f}" if "weights" in pred else "")
         if law == "a*C^b+c":
             ax.plot(xs, fit.predict(xs * ref), ls, color=colour, label=f"{law}: {fit.a:.3f}·C^{fit.b:.3f} + {fit.c:.3f}")
         elif curve:
@@ -147,6 +170,10 @@ def plot_loss(record, metric, measured, target_compute, path, others=()):
         lo, hi = p["interval"]
         ax.errorbar([1.0 * (1 + 0.04 * (i - 1))], [p["loss"]], yerr=[[p["loss"] - lo], [hi - p["loss"]]], fmt="o",
                     color=colour, capsize=4, ms=4, label=f"registered, {law}: {p['loss']:.4f} [{lo:.4f}, {hi:.4f}]{chosen}")
+    if "weights" in pred:  # the registered prediction is the laws' combination (RULE)
+        lo, hi = pred["interval"]
+        ax.errorbar([1.0], [pred["loss"]], yerr=[[pred["loss"] - lo], [hi - pred["loss"]]], fmt="D", color="black",
+                    capsize=5, ms=6, zorder=5, label=f"registered, the combination: {pred['loss']:.4f} [{lo:.4f}, {hi:.4f}]")
     horizons = sorted({r["tokens_per_param"] for r in runs})
     for i, h in enumerate(horizons):
         sel = [r for r in runs if r["tokens_per_param"] == h]

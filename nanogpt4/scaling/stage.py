@@ -55,10 +55,12 @@ def step_predict(args, preset, p):
                                     curve=L.target_line(preset))
         for m, laws in rec["prediction"]["laws"].items():
             print(f"  {m} at {rec['prediction']['target_compute']:.3e} FLOPs (sha256 {rec['record_sha256'][:12]}):")
+            reg = rec["prediction"]["metrics"][m]
             for law, v in laws.items():
                 mae = "" if v["validation_mae"] is None else f", validation error {v['validation_mae']:.2%}"
-                chosen = "  <- registered" if law == rec["prediction"]["metrics"][m]["law"] else ""
-                print(f"    {law}: {v['loss']:.4f} [{v['interval'][0]:.4f}, {v['interval'][1]:.4f}]{mae}{chosen}")
+                print(f"    {law}: {v['loss']:.4f} [{v['interval'][0]:.4f}, {v['interval'][1]:.4f}]{mae}, "
+                      f"weight {reg['weights'][law]:.3f}")
+            print(f"    registered, the combination: {reg['loss']:.4f} [{reg['interval'][0]:.4f}, {reg['interval'][1]:.4f}]")
     runs = [Path(r["run"]) for r in ladder["capability_runs"]]
     status = dict(fit_runs=[str(r) for r in runs], settings=preset.capability)
     try:  # the report's rule may leave nothing to fit: then say so instead of predicting
