@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from nanogpt4.perf import CPU_DTYPE  # noqa: E402
 from nanogpt4 import runs  # noqa: E402
 from nanogpt4.engine import Engine, SamplingParams, prompt_ids  # noqa: E402
 from nanogpt4.model.gpt import KVCache  # noqa: E402
@@ -84,7 +85,8 @@ def main():
     ap.add_argument("--run", default="runs/default/pretrain", help="run directory (the main job's base model)")
     ap.add_argument("--tokens", type=int, default=128, help="new tokens per request")
     ap.add_argument("--repeats", type=int, default=5, help="single-stream repeats (best taken)")
-    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="the engine's weights")
+    ap.add_argument("--dtype", default=CPU_DTYPE, choices=["bfloat16", "float32"],
+                    help="the engine's weights (default: perf.fast_dtype, what the compiled server uses)")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                     help="compile the engine's decode step (torch.compile)")
     ap.add_argument("--json", default=None, help="also write the results here")

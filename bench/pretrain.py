@@ -18,7 +18,7 @@ import torch
 
 from nanogpt4 import config as C
 from nanogpt4.cli import use_tcmalloc
-from nanogpt4.perf import FAST_DTYPE, measure_matmul_peak
+from nanogpt4.perf import measure_matmul_peak, training_dtype
 from nanogpt4.train import pretrain
 
 
@@ -29,7 +29,7 @@ def main():
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--batch-seqs", type=int, default=64)
     p.add_argument("--no-compile", action="store_true")
-    p.add_argument("--dtype", default=FAST_DTYPE, choices=("bfloat16", "float32"))
+    p.add_argument("--dtype", default=training_dtype(), choices=("bfloat16", "float32"))
     args = p.parse_args()
     tokens = Path(args.tokens)
     if not (tokens / "meta.json").exists():

@@ -351,7 +351,8 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=128, help="max_tokens of every request")
     ap.add_argument("--max-rows", type=int, default=32, help="the engine server's --max-rows (the baseline's is 1)")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
-                    help="serve with --compile (bf16, compiled decode and prefill: what one runs on CPU)")
+                    help="serve with --compile (compiled decode and prefill, bf16 where the CPU has bf16 arithmetic: what one "
+                         "runs on CPU)")
     ap.add_argument("--timeout", type=float, default=300, help="seconds a request may take before it counts failed")
     ap.add_argument("--start-timeout", type=float, default=600, help="seconds a server may take to become healthy")
     ap.add_argument("--json", default=None, help="also write the results here")

@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, asdict, field
 
 from .model.gpt import ModelConfig
-from .perf import FAST_DTYPE
+from .perf import training_dtype
 
 ASPECT = 64  # width = 64·depth: nanochat's aspect ratio; Kaplan et al. 2020 find loss flat across aspect ratios 20-200
 HEAD_DIM = 64  # fixed head size, so more width means more heads (GPT-2/3 practice); keeps SDPA shapes efficient
@@ -50,7 +50,8 @@ class TrainConfig:
     eval_every: int = 100
     eval_tokens: int = 65536  # tokens per validation split per evaluation
     ckpt_every: int = 200
-    dtype: str = FAST_DTYPE  # bf16 where the machine has bf16 arithmetic (~4x fp32 there, shared/PERF-NOTES.md)
+    dtype: str = field(default_factory=training_dtype)  # bf16 where the device has bf16 arithmetic (~4x fp32 there,
+    # shared/PERF-NOTES.md), float32 where it is emulated (perf.fast_dtype)
     compile: bool = False
     spike_factor: float = 3.0  # loss-spike guard: a step whose loss exceeds this multiple of the running mean is a spike
     extra: dict = field(default_factory=dict)
@@ -91,7 +92,7 @@ HELP = {  # one line per TrainConfig field: the --help of `nanogpt4 pretrain` (t
     "eval_every": "evaluate the validation splits every this many steps",
     "eval_tokens": "tokens per validation split per evaluation",
     "ckpt_every": "checkpoint every this many steps",
-    "dtype": f"autocast dtype: bfloat16 or float32 (default here: {FAST_DTYPE}, see perf.fast_dtype)",
+    "dtype": f"autocast dtype: bfloat16 or float32 (default here: {training_dtype()}, see perf.fast_dtype)",
     "compile": "torch.compile the model",
     "spike_factor": "a step whose loss exceeds this multiple of the running mean is a spike: roll back, skip it",
 }

@@ -6,8 +6,8 @@ free rows of one KV cache (the admitted prompts prefilled together, right-padded
 into n rows), runs one batched decode step over every active row, and lets a row go the moment it finishes or
 its request is cancelled (the last active row moves into the gap, so the active rows are always rows 0..n-1).
 The loop runs in whichever thread calls `generate()` or `serve()`, else in a background thread that `submit()`
-starts and that ends when idle. `compile=True` compiles the decode step and the prefill (bf16 weights + compile
-is the fast CPU path; NOTES.md has the measurements).
+starts and that ends when idle. `compile=True` compiles the decode step and the prefill (compiled, with bf16
+weights on a CPU with bf16 arithmetic, is the fast CPU path; NOTES.md has the measurements).
 
 Sampling is per row: temperature (0 = greedy), top_k, top_p, stop strings (cut exactly, also when a stop string
 spans tokens; text that could still become one is held back from the stream), stop tokens (`<|endoftext|>`,

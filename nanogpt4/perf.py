@@ -1,6 +1,7 @@
 """Hardware facts: the machine's achievable matmul peak for MFU, measured (not read off a datasheet) and cached
 per machine, dtype and thread count; and the training dtype the machine runs fast."""
 import json
+import os
 import platform
 import time
 
@@ -59,16 +60,27 @@ def matmul_peak(device=torch.device("cpu"), dtype=torch.bfloat16, refresh=False)
     return peaks[key]
 
 
-def fast_dtype():
-    """The autocast dtype training and evaluation default to: bfloat16 on a GPU that has it and on CPUs with bf16
-    arithmetic (AVX512-BF16 or AMX), float32 elsewhere. Where bf16 is emulated it is the slow choice: on a Xeon
-    without either, a 2048³ bf16 matmul ran at 60 GFLOP/s against 262 in float32 (NOTES.md, 2026-12-04). The
-    choice is recorded in each run's config, so a run resumes in the dtype it started in."""
-    if torch.cuda.is_available():
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+def fast_dtype(device="cpu"):
+    """The autocast dtype training and evaluation default to on `device`: bfloat16 on a GPU (Ampere and later have
+    bf16 arithmetic; pass --dtype float32 on older ones) and on CPUs with bf16 arithmetic (AVX512-BF16 or AMX),
+    float32 on other CPUs, where bf16 is emulated and slow: on a Xeon without either, a 2048³ bf16 matmul ran at
+    60 GFLOP/s against 262 in float32 and training ran 2.2× faster in float32 (NOTES.md, 2026-12-04 evening).
+    NANOGPT4_DTYPE=bfloat16|float32 overrides the choice (e.g. to continue a job begun in the other dtype: the
+    dtype is part of a run's config, and a run refuses to resume in another)."""
+    forced = os.environ.get("NANOGPT4_DTYPE")
+    if forced:
+        if forced not in ("bfloat16", "float32"):
+            raise ValueError(f"NANOGPT4_DTYPE={forced!r}: expected bfloat16 or float32")
+        return forced
+    if torch.device(device).type == "cuda":
+        return "bfloat16"  # asks nothing of the GPU: a query here would open a CUDA context in every DDP rank
     native = [getattr(torch.cpu, f, lambda: False)() for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     return "bfloat16" if any(native) else "float32"
 
 
-FAST_DTYPE = fast_dtype()
+def training_dtype():
+    """The default of a pretraining run: fast_dtype of the device `pretrain` trains on (a GPU when there is one)."""
+    return fast_dtype("cuda" if torch.cuda.is_available() else "cpu")
 
+
+CPU_DTYPE = fast_dtype("cpu")  # the trainers that run on the CPU (post-training, vision, long context) and evals

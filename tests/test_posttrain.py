@@ -63,6 +63,8 @@ def test_sft_learns_resumes_exactly_and_guards_its_run(local_run, tmp_path):
         sft.train(local_run, data, out, **kw)
     with pytest.raises(UserError, match="another base, data or settings"):
         sft.train(local_run, data, out, resume=True, **dict(kw, lr=1e-3))
+    with pytest.raises(UserError, match="NANOGPT4_DTYPE=float32 to continue it"):  # begun here in float32
+        sft.train(local_run, data, out, resume=True, **dict(kw, dtype="bfloat16"))
     with pytest.raises(UserError, match="does not exist"):
         sft.train(local_run, tmp_path / "missing.jsonl", tmp_path / "x", **kw)
 

@@ -253,14 +253,31 @@ def test_invalid_config_values_are_user_errors():
         pretrain.check_config(tiny_config(beta2=1.5))
 
 
-def test_default_dtype_is_bf16_only_where_the_cpu_has_bf16_arithmetic(monkeypatch):
+def test_default_dtype_is_bf16_only_where_the_device_has_bf16_arithmetic(monkeypatch, tmp_path):
+    """CPUs without AVX512-BF16 or AMX train in float32 (bf16 is emulated there, 2.2× slower), a GPU in bf16;
+    NANOGPT4_DTYPE overrides; a run started in the other dtype is refused with the way to continue it."""
     from nanogpt4 import perf
+    monkeypatch.delenv("NANOGPT4_DTYPE", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for avx512_bf16, amx, want in ((False, False, "float32"), (True, False, "bfloat16"), (False, True, "bfloat16")):
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
-        assert perf.fast_dtype() == want
-    assert C.TrainConfig().identity()["dtype"] == perf.FAST_DTYPE  # the choice is part of what makes a run that run
+        assert perf.fast_dtype("cpu") == C.TrainConfig().dtype == want
+    assert perf.fast_dtype("cuda") == "bfloat16" and C.TrainConfig().identity()["dtype"] == "bfloat16"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert perf.fast_dtype("cpu") == "float32" and C.TrainConfig().dtype == "bfloat16"  # pretraining uses the GPU
+    monkeypatch.setenv("NANOGPT4_DTYPE", "float32")
+    assert C.TrainConfig().dtype == "float32"
+    monkeypatch.setenv("NANOGPT4_DTYPE", "float16")
+    with pytest.raises(ValueError, match="bfloat16 or float32"):
+        perf.fast_dtype()
+    monkeypatch.delenv("NANOGPT4_DTYPE")
+    tc = tiny_config(dtype="bfloat16")
+    pretrain.record_config(tmp_path, tc, C.derive(tc), tc.model_config(), tmp_path, {})
+    tc.dtype = "float32"
+    with pytest.raises(pretrain.ConfigError, match="NANOGPT4_DTYPE=bfloat16 to continue it"):
+        pretrain.record_config(tmp_path, tc, C.derive(tc), tc.model_config(), tmp_path, {})
 
 
 def corrupt(path):

@@ -88,6 +88,10 @@ def test_every_law_registered_the_rule_weights_by_validation_and_verification_re
         assert abs(v["rel_error"]) < 0.01 and v["law"] == "combination" and set(v["laws"]) == set(predict.LAWS)
         assert v["weights"] == pred["metrics"][m]["weights"]
         assert (tmp_path / f"fig1_{m}.png").stat().st_size > 10_000
+    old = json.loads((tmp_path / "rec.json").read_text())  # a record sealed by the single-law rule still draws
+    old["prediction"]["metrics"] = {m: pred["laws"][m]["Hoffmann L(N,D)"] for m in pred["metrics"]}
+    predict.plot_loss(old, "heldout_code", want["heldout_code"], compute, tmp_path / "old.png")
+    assert (tmp_path / "old.png").stat().st_size > 10_000
 
 
 def test_the_rule_scores_only_runs_outside_the_fit_and_never_weights_a_non_finite_error(tmp_path):
@@ -119,8 +123,13 @@ def test_the_rule_scores_only_runs_outside_the_fit_and_never_weights_a_non_finit
     for order in ([c, a, b], [a, c, b], [a, b, c]):
         assert predict.combine(order)["weights"]["c"] == 0 and predict.combine(order)["loss"] == pytest.approx(3.06)
     assert predict.combine([law("x", 2.0, []), law("y", 4.0, [])])["loss"] == 3.0  # no validation runs: equal weights
+    diverged = law("d", float("nan"), [0.0, 0.0], [3.0, float("inf")])  # a perfect validation score, no prediction
+    assert predict.combine([a, b, diverged])["weights"]["d"] == 0 and predict.combine([a, b, diverged])["loss"] == pytest.approx(3.06)
+    assert predict.combine([law("x", 2.0, []), law("y", float("nan"), [])])["interval"] == [1.9, 2.1]
     with pytest.raises(ValueError, match="finite"):
         predict.combine([c, dict(c, law="other")])
+    with pytest.raises(ValueError, match="same validation runs"):
+        predict.combine([a, law("short", 3.0, [0.01])])
     old = R.register(tmp_path / "old.json", TARGET, tmp_path / "t", LADDER, {"alternative": {}, "metrics": {}})
     assert old["prediction"]["alternative"] == {}
     with pytest.raises(R.RegistryError, match="before every law"):

@@ -13,7 +13,7 @@ import torch
 
 from .. import chat
 from ..common import UserError, atomic_write_json, iter_jsonl
-from ..perf import FAST_DTYPE
+from ..perf import CPU_DTYPE
 from .objectives import dpo_loss, sequence_logprob, token_logprobs
 from . import trainer
 from .sft import padded
@@ -63,7 +63,7 @@ def margin_accuracy(model, pairs, ref, pad, size=32):
 
 
 def train(sft_run, pairs_path, out, steps=200, batch_size=16, lr=2e-4, beta=0.1, seed=0, eval_every=50,
-          dtype=FAST_DTYPE, resume=False, quiet=False):
+          dtype=CPU_DTYPE, resume=False, quiet=False):
     """DPO from the SFT run on the pairs at `pairs_path` into the run directory `out`; returns done.json."""
     cfg = dict(steps=steps, batch_size=batch_size, lr=lr, beta=beta, seed=seed, eval_every=eval_every, dtype=dtype)
     b = trainer.setup(sft_run, pairs_path, out, cfg, resume, kind="dpo")

@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from .. import chat, checkpoint
 from ..common import UserError, atomic_write_json, iter_jsonl
-from ..perf import FAST_DTYPE
+from ..perf import CPU_DTYPE
 from ..model.gpt import GPT, ModelConfig
 from .objectives import bradley_terry_loss
 from . import trainer
@@ -78,7 +78,7 @@ def accuracy(model, pairs, pad, size=32):
     return right / max(len(pairs), 1)
 
 
-def train(sft_run, pairs_path, out, steps=200, batch_size=16, lr=3e-4, seed=0, eval_every=50, dtype=FAST_DTYPE,
+def train(sft_run, pairs_path, out, steps=200, batch_size=16, lr=3e-4, seed=0, eval_every=50, dtype=CPU_DTYPE,
           resume=False, quiet=False, hhh_path=None):
     """Train the reward model on the pairs at `pairs_path` from the SFT run; returns done.json."""
     cfg = dict(steps=steps, batch_size=batch_size, lr=lr, seed=seed, eval_every=eval_every, dtype=dtype)

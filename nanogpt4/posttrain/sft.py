@@ -16,7 +16,7 @@ import torch
 
 from .. import chat
 from ..common import UserError, atomic_write_json, iter_jsonl
-from ..perf import FAST_DTYPE
+from ..perf import CPU_DTYPE
 from . import trainer
 
 
@@ -71,7 +71,7 @@ def heldout_loss(model, data, size, pad, autocast):
     return total / max(count, 1)
 
 
-def train(base, data_path, out, steps=300, batch_size=16, lr=6e-4, seed=0, eval_every=50, dtype=FAST_DTYPE,
+def train(base, data_path, out, steps=300, batch_size=16, lr=6e-4, seed=0, eval_every=50, dtype=CPU_DTYPE,
           resume=False, quiet=False, safety_share=1.0):
     """Fine-tune `base` on the conversations in `data_path` into the run directory `out`; returns done.json."""
     cfg = dict(steps=steps, batch_size=batch_size, lr=lr, seed=seed, eval_every=eval_every, dtype=dtype,

@@ -14,7 +14,7 @@ import torch
 
 from .. import checkpoint, runs
 from ..common import UserError, atomic_write_json, command_line, git_commit, iter_jsonl, sha256_file
-from ..perf import FAST_DTYPE
+from ..perf import CPU_DTYPE
 
 
 def setup(base, data_path, out, cfg, resume, kind="sft", model_update=None):
@@ -36,7 +36,10 @@ def setup(base, data_path, out, cfg, resume, kind="sft", model_update=None):
         if not resume:
             raise FileExistsError(f"{out} already holds a run: pass --resume to continue it, or use a new --out")
         if {k: old.get(k) for k in record} != record:
-            raise UserError(f"{out} was started with another base, data or settings; use a new --out")
+            was = old.get(kind, {}).get("dtype")
+            hint = (f" (or set NANOGPT4_DTYPE={was} to continue it in the dtype it began in: the default follows the "
+                    f"machine, perf.fast_dtype)" if was and was != cfg.get("dtype") else "")
+            raise UserError(f"{out} was started with another base, data or settings; use a new --out{hint}")
     else:
         out.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(Path(base) / "tokenizer.json", out / "tokenizer.json")
@@ -156,7 +159,8 @@ def add_args(p, steps, lr, unit):
                                                         "muP groups")
     p.add_argument("--seed", type=int, default=0, help="seed of the batch order")
     p.add_argument("--eval-every", type=int, default=50, help="steps between held-out evaluations and checkpoints")
-    p.add_argument("--dtype", choices=("bfloat16", "float32"), default=FAST_DTYPE, help="autocast dtype on CPU (default: perf.fast_dtype)")
+    p.add_argument("--dtype", choices=("bfloat16", "float32"), default=CPU_DTYPE,
+                   help=f"autocast dtype on CPU (default: perf.fast_dtype, here {CPU_DTYPE})")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
 
 

@@ -54,7 +54,7 @@ def _cols(rows):
 def register_loss(path, target_tc: C.TrainConfig, target_run, rows, validation=(), curve=(), metrics=METRICS,
                   n_boot=1000, level=0.9):
     """Fit every law on the ladder `rows` for each metric, score each on the `validation` rows (not in the fit),
-    and register all of them for the target (before it starts), with the rule's choice as the prediction.
+    and register all of them for the target (before it starts), with the rule's combination as the prediction.
     `curve`: training configs along the target's horizon, where Figure 1 draws the L(N, D) laws against compute."""
     compute, n, d = size(target_tc)
     validation = list(validation)
@@ -85,17 +85,19 @@ def register_loss(path, target_tc: C.TrainConfig, target_run, rows, validation=(
 
 def combine(predictions):
     """The rule (RULE): every law's prediction, interval endpoints and validation errors averaged with weights
-    ∝ 1 / (mean squared validation error); a law with a non-finite error gets weight 0, and no finite error at
-    all is an error. Without validation runs the weights are equal. (The interval is the weighted mean of the
+    ∝ 1 / (mean squared validation error); a law with a non-finite error, prediction or interval gets weight 0,
+    and no finite law at all is an error. Without validation runs the weights are equal. (The interval is the weighted mean of the
     laws' bootstrap endpoints: their bootstraps resample the same runs, so their errors move together.)"""
     predictions = list(predictions)
+    if not predictions or len({len(p["validation_errors"]) for p in predictions}) != 1:
+        raise ValueError("every law must be scored on the same validation runs")
     mse = np.array([np.nan if p.get("validation_mse") is None else p["validation_mse"] for p in predictions])
     if all(p.get("validation_mse") is None for p in predictions):
-        w = np.ones(len(predictions))
-    elif not np.isfinite(mse).any():
-        raise ValueError("no law predicts the validation runs with a finite error: nothing to register")
-    else:
-        w = np.where(np.isfinite(mse), 1 / np.maximum(np.nan_to_num(mse, nan=1.0), 1e-12), 0.0)
+        mse = np.ones(len(predictions))
+    finite = np.isfinite(mse) & np.array([np.isfinite([p["loss"], *p["interval"]]).all() for p in predictions])
+    if not finite.any():
+        raise ValueError("no law predicts the validation runs and the target with finite numbers: nothing to register")
+    w = np.where(finite, 1 / np.maximum(np.where(finite, mse, 1.0), 1e-12), 0.0)  # MSEs below 1e-12 count as ties
     w = w / w.sum()
     used = [(wi, p) for wi, p in zip(w, predictions) if wi > 0]
 
@@ -110,7 +112,7 @@ def combine(predictions):
 
 
 def verify_loss(record_path, target_run, out_dir, others=()):
-    """Compare the finished target with the registered predictions (the chosen one and every law's); writes
+    """Compare the finished target with the registered predictions (the registered one and every law's); writes
     verify_loss.json and one PNG per metric. `others`: rows of further runs (not in the fit) to draw."""
     record = registry.load(record_path)
     if "laws" not in record["prediction"]:
@@ -168,11 +170,11 @@ def plot_loss(record, metric, measured, target_compute, path, others=()):
             ax.plot([c["compute"] / ref for c in curve], fit.predict([c["n"] for c in curve], [c["d"] for c in curve]),
                     ls, color=colour, label=f"{law} at the target's horizon, E = {fit.E:.2f}")
         lo, hi = p["interval"]
-        ax.errorbar([1.0 * (1 + 0.04 * (i - 1))], [p["loss"]], yerr=[[p["loss"] - lo], [hi - p["loss"]]], fmt="o",
+        ax.errorbar([1.0 * (1 + 0.04 * (i - 1.5))], [p["loss"]], yerr=[[p["loss"] - lo], [hi - p["loss"]]], fmt="o",
                     color=colour, capsize=4, ms=4, label=f"registered, {law}: {p['loss']:.4f} [{lo:.4f}, {hi:.4f}]{chosen}")
     if "weights" in pred:  # the registered prediction is the laws' combination (RULE)
         lo, hi = pred["interval"]
-        ax.errorbar([1.0], [pred["loss"]], yerr=[[pred["loss"] - lo], [hi - pred["loss"]]], fmt="D", color="black",
+        ax.errorbar([1.06], [pred["loss"]], yerr=[[pred["loss"] - lo], [hi - pred["loss"]]], fmt="D", color="black",
                     capsize=5, ms=6, zorder=5, label=f"registered, the combination: {pred['loss']:.4f} [{lo:.4f}, {hi:.4f}]")
     horizons = sorted({r["tokens_per_param"] for r in runs})
     for i, h in enumerate(horizons):

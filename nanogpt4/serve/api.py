@@ -407,8 +407,8 @@ def add_args(p):
 def load(models, device=None, compile=False, max_rows=32):
     """Load every snapshot, each on its own thread (refusing one whose checkpoint hash changed): name → Served."""
     import torch
-    from ..perf import FAST_DTYPE
-    dtype = getattr(torch, FAST_DTYPE) if compile else None  # float32 where bf16 is emulated (perf.fast_dtype)
+    from ..perf import fast_dtype
+    dtype = getattr(torch, fast_dtype(device or "cpu")) if compile else None  # float32 where bf16 is emulated
     return {name: Served(snap, device, dtype, compile, max_rows) for name, snap in models.snapshots.items()}
 
 

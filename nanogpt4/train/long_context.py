@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..common import UserError, atomic_write_json
-from ..perf import FAST_DTYPE
+from ..perf import CPU_DTYPE
 from ..data import shards
 from ..model.gpt import ModelConfig
 from ..runs import read_config
@@ -68,7 +68,7 @@ def buckets(per_pos, context):
 
 
 def train(base, tokens_dir, out, factor=4, steps=150, batch_size=8, lr=1e-3, seed=0, eval_every=50, eval_windows=64,
-          dtype=FAST_DTYPE, resume=False, quiet=False):
+          dtype=CPU_DTYPE, resume=False, quiet=False):
     """Continue pretraining `base` at factor× its context into `out`; returns done.json."""
     tokens_dir = Path(tokens_dir)
     meta = json.loads((tokens_dir / "meta.json").read_text())

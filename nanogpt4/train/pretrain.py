@@ -25,7 +25,7 @@ from .. import config as C
 from ..common import UserError, atomic_write_json, atomic_write_text, git_commit, command_line, iter_jsonl
 from ..data import shards
 from ..model.gpt import GPT
-from ..perf import FAST_DTYPE, matmul_peak
+from ..perf import CPU_DTYPE, matmul_peak
 from ..runs import read_config
 from .. import checkpoint
 
@@ -86,7 +86,7 @@ def loss_by_position(model, x, y, micro_batch=32):
     """Mean loss at each position over the windows x, y (N, T): how much a model gains from its context. The drop
     from the first positions to the late ones is Olsson et al. 2022's in-context learning score; past a trained
     context it shows whether a long-context variant uses it."""
-    losses, cast = [], getattr(torch, FAST_DTYPE)
+    losses, cast = [], getattr(torch, CPU_DTYPE)
     for i in range(0, len(x), micro_batch):
         with torch.autocast("cpu", cast, enabled=cast != torch.float32):
             logits = model(x[i:i + micro_batch])
@@ -152,7 +152,9 @@ def record_config(run, tc, derived, mc, tokens_dir, extra):
         if (old["train"], old["model"]) != (cfg["train"], cfg["model"]):
             was, now = C.identity(old["train"], old["model"]), C.identity(cfg["train"], cfg["model"])
             diff = {k: (was.get(k), now.get(k)) for k in {**was, **now} if was.get(k) != now.get(k)}
-            raise ConfigError(f"{run} was started with a different config {diff}; use a new --out directory")
+            hint = (f" (or set NANOGPT4_DTYPE={diff['dtype'][0]} to continue it: the default dtype follows the machine, "
+                    f"perf.fast_dtype)" if "dtype" in diff and diff["dtype"][0] else "")
+            raise ConfigError(f"{run} was started with a different config {diff}; use a new --out directory{hint}")
         return old
     atomic_write_json(path, cfg)
     return cfg

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from .. import chat
 from ..common import UserError, atomic_write_json, iter_jsonl
-from ..perf import FAST_DTYPE
+from ..perf import CPU_DTYPE
 from ..evals.templates import accuracy_report, normalize
 from ..model.vision import VisionConfig, VisionEncoder, normalise, render
 from ..posttrain import trainer
@@ -71,7 +71,7 @@ def mixed_batch(data, lengths, text, step, size, text_share, seed):
 
 
 def train(base, data_dir, text_path, out, align_steps=200, joint_steps=2150, batch_size=32, lr=3e-4, decoder_lr=3e-4,
-          text_share=0.25, seed=0, eval_every=500, dtype=FAST_DTYPE, resume=False, quiet=False, per_task=None,
+          text_share=0.25, seed=0, eval_every=500, dtype=CPU_DTYPE, resume=False, quiet=False, per_task=None,
           compile=False):
     """Train the vision model from the chat model `base` on the image sets in `data_dir` (`nanogpt4 vision-data`),
     mixing in the conversations of `text_path` (SFT's); returns done.json."""
@@ -254,7 +254,8 @@ def add_args(p):
     p.add_argument("--per-task", type=int, default=None, help="held-out rows evaluated per task (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the batch order and the encoder's initialisation")
     p.add_argument("--eval-every", type=int, default=500, help="steps between held-out losses and checkpoints")
-    p.add_argument("--dtype", choices=("bfloat16", "float32"), default=FAST_DTYPE, help="autocast dtype on CPU (default: perf.fast_dtype)")
+    p.add_argument("--dtype", choices=("bfloat16", "float32"), default=CPU_DTYPE,
+                   help=f"autocast dtype on CPU (default: perf.fast_dtype, here {CPU_DTYPE})")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     p.add_argument("--compile", action="store_true", help="torch.compile the decoder's blocks (~70 s once on 2 "
                                                           "cores, then ~20%% faster steps)")
