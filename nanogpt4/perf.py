@@ -78,6 +78,12 @@ def fast_dtype(device="cpu"):
     return "bfloat16" if any(native) else "float32"
 
 
+def resume_hint(was, now):
+    """What a refusal to resume a run begun in another dtype adds: how to continue it anyway."""
+    return (f" (or set NANOGPT4_DTYPE={was} to continue it in the dtype it began in: the default follows the machine, "
+            f"perf.fast_dtype)" if was and was != now else "")
+
+
 def training_dtype():
     """The default of a pretraining run: fast_dtype of the device `pretrain` trains on (a GPU when there is one)."""
     return fast_dtype("cuda" if torch.cuda.is_available() else "cpu")

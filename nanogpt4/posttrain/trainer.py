@@ -1,7 +1,7 @@
 """What every post-training trainer shares (sft.py, reward.py, dpo.py, ppo.py): the run directory and its config
-check, the optimizer with the base run's muP groups, the learning-rate decay, autocast on CPU (bf16 where the machine has bf16
-arithmetic), resuming from the newest verified checkpoint (metrics logged after it are dropped, to be logged again), the batch order and the
-metrics log."""
+check, the optimizer with the base run's muP groups, the learning-rate decay, autocast on CPU (bf16 where the CPU
+has bf16 arithmetic), resuming from the newest verified checkpoint (metrics logged after it are dropped, to be
+logged again), the batch order and the metrics log."""
 import contextlib
 import copy
 import functools
@@ -14,7 +14,7 @@ import torch
 
 from .. import checkpoint, runs
 from ..common import UserError, atomic_write_json, command_line, git_commit, iter_jsonl, sha256_file
-from ..perf import CPU_DTYPE
+from ..perf import CPU_DTYPE, resume_hint
 
 
 def setup(base, data_path, out, cfg, resume, kind="sft", model_update=None):
@@ -36,10 +36,8 @@ def setup(base, data_path, out, cfg, resume, kind="sft", model_update=None):
         if not resume:
             raise FileExistsError(f"{out} already holds a run: pass --resume to continue it, or use a new --out")
         if {k: old.get(k) for k in record} != record:
-            was = old.get(kind, {}).get("dtype")
-            hint = (f" (or set NANOGPT4_DTYPE={was} to continue it in the dtype it began in: the default follows the "
-                    f"machine, perf.fast_dtype)" if was and was != cfg.get("dtype") else "")
-            raise UserError(f"{out} was started with another base, data or settings; use a new --out{hint}")
+            raise UserError(f"{out} was started with another base, data or settings; use a new --out"
+                            + resume_hint(old.get(kind, {}).get("dtype"), cfg.get("dtype")))
     else:
         out.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(Path(base) / "tokenizer.json", out / "tokenizer.json")

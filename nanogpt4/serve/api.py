@@ -386,7 +386,8 @@ def add_args(p):
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, … (default: cuda when present)")
-    p.add_argument("--compile", action="store_true", help="compile the engines' decode and prefill (in bf16 where the machine has bf16 arithmetic)")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the engines' decode and prefill (in bf16 where the machine has bf16 arithmetic)")
     p.add_argument("--max-rows", type=int, default=32, help="sequences each engine decodes together (1: no "
                                                             "continuous batching, one request at a time)")
     p.add_argument("--max-queue", type=int, default=256, help="requests waiting per model before new ones get 503")

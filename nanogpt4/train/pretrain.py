@@ -25,7 +25,7 @@ from .. import config as C
 from ..common import UserError, atomic_write_json, atomic_write_text, git_commit, command_line, iter_jsonl
 from ..data import shards
 from ..model.gpt import GPT
-from ..perf import CPU_DTYPE, matmul_peak
+from ..perf import CPU_DTYPE, matmul_peak, resume_hint
 from ..runs import read_config
 from .. import checkpoint
 
@@ -152,9 +152,8 @@ def record_config(run, tc, derived, mc, tokens_dir, extra):
         if (old["train"], old["model"]) != (cfg["train"], cfg["model"]):
             was, now = C.identity(old["train"], old["model"]), C.identity(cfg["train"], cfg["model"])
             diff = {k: (was.get(k), now.get(k)) for k in {**was, **now} if was.get(k) != now.get(k)}
-            hint = (f" (or set NANOGPT4_DTYPE={diff['dtype'][0]} to continue it: the default dtype follows the machine, "
-                    f"perf.fast_dtype)" if "dtype" in diff and diff["dtype"][0] else "")
-            raise ConfigError(f"{run} was started with a different config {diff}; use a new --out directory{hint}")
+            raise ConfigError(f"{run} was started with a different config {diff}; use a new --out directory"
+                              + resume_hint(was.get("dtype"), now.get("dtype")))
         return old
     atomic_write_json(path, cfg)
     return cfg
