@@ -110,9 +110,7 @@ def test_the_rule_scores_only_runs_outside_the_fit_and_never_weights_a_non_finit
         predict.register_loss(tmp_path / "rec.json", L.target_config(preset), tmp_path / "t", rows, validation=rows[:1])
     assert not (tmp_path / "rec.json").exists()
     def law(name, loss, errs, interval=None):
-        errs = list(errs)
-        return dict(law=name, loss=loss, interval=interval or [loss - 0.1, loss + 0.1], validation_errors=errs,
-                    validation_mse=sum(e * e for e in errs) / len(errs) if errs else None)
+        return dict(law=name, loss=loss, interval=interval or [loss - 0.1, loss + 0.1], validation_errors=list(errs))
 
     a, b = law("a", 3.0, [0.01, -0.01]), law("b", 3.3, [0.02, 0.02], [3.0, 3.4])  # MSE 1e-4 and 4e-4: weights 0.8, 0.2
     c = law("c", 9.0, [float("nan"), 0.0])

@@ -77,8 +77,7 @@ def register_loss(path, target_tc: C.TrainConfig, target_run, rows, validation=(
             errs = [float(f.predict(*[vcols[k][i] for k in keys]) / r["final"][m] - 1) for i, r in enumerate(validation)]
             prediction["laws"][m][law] = dict(law=law, loss=point, interval=[lo, hi], fit=f.to_dict(),
                                               validation_errors=errs,
-                                              validation_mae=float(np.mean(np.abs(errs))) if errs else None,
-                                              validation_mse=float(np.mean(np.square(errs))) if errs else None)
+                                              validation_mae=float(np.mean(np.abs(errs))) if errs else None)
         prediction["metrics"][m] = combine(prediction["laws"][m].values())
     return registry.register(path, target_tc.identity(), target_run, rows, prediction)
 
@@ -86,14 +85,13 @@ def register_loss(path, target_tc: C.TrainConfig, target_run, rows, validation=(
 def combine(predictions):
     """The rule (RULE): every law's prediction, interval endpoints and validation errors averaged with weights
     ∝ 1 / (mean squared validation error); a law with a non-finite error, prediction or interval gets weight 0,
-    and no finite law at all is an error. Without validation runs the weights are equal. (The interval is the weighted mean of the
-    laws' bootstrap endpoints: their bootstraps resample the same runs, so their errors move together.)"""
+    and no finite law at all is an error. Without validation runs the weights are equal. (The interval is the
+    weighted mean of the laws' bootstrap endpoints: their bootstraps resample the same runs, so their errors move
+    together.)"""
     predictions = list(predictions)
     if not predictions or len({len(p["validation_errors"]) for p in predictions}) != 1:
         raise ValueError("every law must be scored on the same validation runs")
-    mse = np.array([np.nan if p.get("validation_mse") is None else p["validation_mse"] for p in predictions])
-    if all(p.get("validation_mse") is None for p in predictions):
-        mse = np.ones(len(predictions))
+    mse = np.array([np.mean(np.square(p["validation_errors"])) if p["validation_errors"] else 1.0 for p in predictions])
     finite = np.isfinite(mse) & np.array([np.isfinite([p["loss"], *p["interval"]]).all() for p in predictions])
     if not finite.any():
         raise ValueError("no law predicts the validation runs and the target with finite numbers: nothing to register")
