@@ -7,11 +7,15 @@ from pathlib import Path
 
 import pytest
 
+import bigbench_stand_in
+
 
 @pytest.mark.network
 def test_main_job_tiny_preset(tmp_path):
     out = tmp_path / "work"
     env_cache = ["--cache", str(tmp_path / "cache")]
+    if bigbench_stand_in.STANDING_IN:  # PyPI no longer serves bigbench 1.0.0: its generated stand-in
+        bigbench_stand_in.write(tmp_path / "cache")
     cmd = [sys.executable, "-m", "nanogpt4.cli", "run", "--out", str(out), "--preset", "tiny",
            "--sources", "bible,cpython-stdlib", "--vocab-size", "2048", *env_cache]
     first = subprocess.run(cmd, capture_output=True, text=True)
