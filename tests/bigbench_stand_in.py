@@ -2,9 +2,10 @@
 
 The pinned `bigbench==1.0.0` sdist is no longer served by PyPI (only 0.0.1 is listed; NOTES.md, 2026-12-05), so a
 machine without it in its cache cannot run the code paths that read it. This writes files of the same names and the
-same JSON shapes (BIG-bench's task.json: `examples` with `input` and `target` or `target_scores`) with generated
-content (the real files' sizes where tests count them) into a cache's unpacked/ directory, where the real loaders look before they download. The loaders run
-unchanged; only the text is made up, so a test may check formats and plumbing, never BIG-bench's own numbers."""
+same JSON shapes (BIG-bench's task.json: `examples` with `input` and `target` or `target_scores`) and, where tests
+count items, the same sizes, with generated text, into a cache's unpacked/ directory, where the real loaders look
+before they download. The loaders run unchanged; only the text is made up, so a test may check formats, counts and
+plumbing, never a score on BIG-bench's content."""
 import json
 import random
 from pathlib import Path
