@@ -23,7 +23,8 @@ def predictions(rows, validation, target, metric):
         f = fit([cols[k] for k in keys], [r["final"][metric] for r in rows])
         at = dict(compute=target[0], n=target[1], d=target[2])
         point = float(f.predict(*[at[k] for k in keys]))
-        errs = [float(f.predict(*[vcols[k][i] for k in keys]) / r["final"][metric] - 1) for i, r in enumerate(validation)]
+        errs = [float(f.predict(*[vcols[k][i] for k in keys]) / r["final"][metric] - 1)
+                for i, r in enumerate(validation)]
         out[law] = dict(law=law, loss=point, interval=[point, point], validation_errors=errs)
     out["combination"] = dict(loss=predict.combine(list(out.values()))["loss"])
     return {k: v["loss"] for k, v in out.items()}
@@ -49,8 +50,8 @@ def main():
     for metric in pred["metrics"]:
         rows, val = ladder["runs"], ladder["capability_runs"]
         base = predictions(rows, val, target, metric)
-        draws = [predictions(jitter(rows, metric, args.sigma, rng), jitter(val, metric, args.sigma, rng), target, metric)
-                 for _ in range(args.draws)]
+        draws = [predictions(jitter(rows, metric, args.sigma, rng), jitter(val, metric, args.sigma, rng), target,
+                             metric) for _ in range(args.draws)]
         measured = verified.get(metric, {}).get("measured")
         print(f"\n{metric}: sigma {args.sigma} nats on every fit and validation run, {args.draws} draws"
               + (f", measured {measured:.4f}" if measured else ""))
