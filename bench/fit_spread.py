@@ -19,13 +19,11 @@ from nanogpt4.scaling import predict
 def predictions(rows, validation, target, metric):
     """{law: prediction} and the combination, fitted on rows and scored on validation (points only, no bootstrap)."""
     cols, vcols, out = predict._cols(rows), predict._cols(validation), {}
-    for law, (fit, keys, _) in predict._fitters(*target).items():
+    for law, (fit, keys, at) in predict._fitters(*target).items():
         f = fit([cols[k] for k in keys], [r["final"][metric] for r in rows])
-        at = dict(compute=target[0], n=target[1], d=target[2])
-        point = float(f.predict(*[at[k] for k in keys]))
-        errs = [float(f.predict(*[vcols[k][i] for k in keys]) / r["final"][metric] - 1)
-                for i, r in enumerate(validation)]
-        out[law] = dict(law=law, loss=point, interval=[point, point], validation_errors=errs)
+        point = float(f.predict(*at))
+        out[law] = dict(law=law, loss=point, interval=[point, point],
+                        validation_errors=predict.validation_errors(f, keys, vcols, validation, metric))
     out["combination"] = dict(loss=predict.combine(list(out.values()))["loss"])
     return {k: v["loss"] for k, v in out.items()}
 

@@ -51,6 +51,11 @@ def _cols(rows):
                 d=[r["tokens"] for r in rows])
 
 
+def validation_errors(f, keys, vcols, validation, metric):
+    """A fitted law's relative error on each validation run (vcols: their `_cols`)."""
+    return [float(f.predict(*[vcols[k][i] for k in keys]) / r["final"][metric] - 1) for i, r in enumerate(validation)]
+
+
 def register_loss(path, target_tc: C.TrainConfig, target_run, rows, validation=(), curve=(), metrics=METRICS,
                   n_boot=1000, level=0.9):
     """Fit every law on the ladder `rows` for each metric, score each on the `validation` rows (not in the fit),
@@ -74,7 +79,7 @@ def register_loss(path, target_tc: C.TrainConfig, target_run, rows, validation=(
             xs = [cols[k] for k in keys]
             f = fit(xs, loss)
             point, lo, hi = laws.bootstrap(fit, xs, loss, at, n=n_boot, level=level, full=f)
-            errs = [float(f.predict(*[vcols[k][i] for k in keys]) / r["final"][m] - 1) for i, r in enumerate(validation)]
+            errs = validation_errors(f, keys, vcols, validation, m)
             prediction["laws"][m][law] = dict(law=law, loss=point, interval=[lo, hi], fit=f.to_dict(),
                                               validation_errors=errs,
                                               validation_mae=float(np.mean(np.abs(errs))) if errs else None)
