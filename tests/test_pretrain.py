@@ -91,6 +91,36 @@ def test_resume_after_sigkill_reproduces_uninterrupted_run(tiny_tokens, tmp_path
     assert meta_ref["step"] == 40
 
 
+def test_sigterm_stops_after_the_step_with_a_checkpoint_and_resume_is_exact(tiny_tokens, tmp_path, monkeypatch):
+    """A preemption notice (SIGTERM, as `kill PID` or a scheduler sends) mid-run: the run checkpoints the step it
+    was on, between the every-5-steps checkpoints, stops with a user error, and resumes bit-identically."""
+    tokens = tiny_tokens / "tokenizer" / "tokens"
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    pretrain.train(tiny_config(max_tokens=20480), ref, tokens, quiet=True)
+    real_batch = pretrain.get_batch
+
+    def batch(data, data_step, *a, **kw):
+        if data_step == 7:
+            os.kill(os.getpid(), signal.SIGTERM)  # delivered to the handler at once: during step 7
+        return real_batch(data, data_step, *a, **kw)
+
+    monkeypatch.setattr(pretrain, "get_batch", batch)
+    with pytest.raises(pretrain.Preempted, match="stopped by SIGTERM at step 8 of 20") as e:
+        pretrain.train(tiny_config(max_tokens=20480), cut, tokens, quiet=True)
+    assert isinstance(e.value, UserError)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone after the run
+    assert checkpoint.latest(cut / "ckpt").name == "step_0000008" and not (cut / "done.json").exists()
+    monkeypatch.setattr(pretrain, "get_batch", real_batch)
+    pretrain.train(tiny_config(max_tokens=20480), cut, tokens, resume=True, quiet=True)
+    assert losses(cut) == losses(ref)
+    wa, wb = GPT(tiny_config().model_config()), GPT(tiny_config().model_config())
+    checkpoint.load(checkpoint.latest(ref / "ckpt"), wa)
+    checkpoint.load(checkpoint.latest(cut / "ckpt"), wb)
+    assert all(torch.equal(p, q) for p, q in zip(wa.parameters(), wb.parameters()))
+    stopped = [json.loads(l) for l in open(cut / "metrics.jsonl") if '"stopped"' in l]
+    assert [(r["step"], r["signal"]) for r in stopped] == [(8, "SIGTERM")]
+
+
 def test_corrupt_or_truncated_checkpoint_is_refused(tiny_tokens, tmp_path):
     run = tmp_path / "run"
     pretrain.train(tiny_config(max_tokens=10240), run, tiny_tokens / "tokenizer" / "tokens", quiet=True)

@@ -2,7 +2,9 @@
 
 Every batch is a pure function of (seed, data step), so a resumed run sees exactly the batches the
 uninterrupted run would have, and DDP ranks each take a slice of the same global batch a single process uses.
-The run directory records config, git commit, command line, metrics.jsonl and checkpoints.
+The run directory records config, git commit, command line, metrics.jsonl and checkpoints. SIGTERM or SIGUSR1
+(a scheduler's preemption notice, `kill PID`) stops the run after the current step with a checkpoint, so an
+interruption loses nothing; a second signal kills at once.
 """
 import argparse
 import contextlib
@@ -10,7 +12,9 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -42,6 +46,35 @@ class SpikeError(UserError, RuntimeError):
 
 class ConfigError(UserError, ValueError):
     pass
+
+
+class Preempted(UserError, RuntimeError):
+    pass
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """While training: the names of the stop signals received (a list, empty until one comes). The first signal
+    only asks; the handler then goes back to the default, so a second one kills. Outside the main thread (where
+    Python cannot install handlers) nothing is installed."""
+    asked = []
+    if threading.current_thread() is not threading.main_thread():
+        yield asked
+        return
+
+    def ask(signum, frame):
+        asked.append(signal.Signals(signum).name)
+        signal.signal(signum, signal.SIG_DFL)
+
+    old = {s: signal.signal(s, ask) for s in STOP_SIGNALS}
+    try:
+        yield asked
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
 
 
 def check_config(tc):
@@ -267,76 +300,85 @@ def train(tc: C.TrainConfig, run, tokens_dir, resume=False, quiet=False):
     bar = tqdm(total=d["steps"], initial=state["step"], disable=not master or quiet, unit="step", dynamic_ncols=True)
     t_last, tok_last = time.perf_counter(), state["tokens"]
     final = None  # the evaluation after the last step
-    while state["step"] < d["steps"]:
-        if state["data_step"] in state["skipped"]:
-            state["data_step"] += 1
-            continue
-        step = state["step"]
-        for g, lr in zip(opt.param_groups, base_lrs):
-            g["lr"] = lr * C.lr_factor(step, d)
-        x, y = get_batch(train_data, state["data_step"], d["batch_seqs"], tc.seq_len, tc.seed, rank, world)
-        loss_sum = torch.zeros((), dtype=torch.float64)
-        for m in range(n_micro):
-            xb, yb = x[m * micro:(m + 1) * micro].to(device), y[m * micro:(m + 1) * micro].to(device)
-            sync = contextlib.nullcontext() if (world == 1 or m == n_micro - 1) else ddp.no_sync()
-            with sync:
-                with autocast():
-                    loss = ddp(xb, yb) / n_micro
-                loss.backward()
-            loss_sum += loss.detach().double().cpu()
-        if world > 1:
-            loss_sum = all_reduce_sum(loss_sum, device) / world
-        loss_val = loss_sum.item()
+    with stop_requests() as asked:
+        while state["step"] < d["steps"]:
+            if state["data_step"] in state["skipped"]:
+                state["data_step"] += 1
+                continue
+            step = state["step"]
+            for g, lr in zip(opt.param_groups, base_lrs):
+                g["lr"] = lr * C.lr_factor(step, d)
+            x, y = get_batch(train_data, state["data_step"], d["batch_seqs"], tc.seq_len, tc.seed, rank, world)
+            loss_sum = torch.zeros((), dtype=torch.float64)
+            for m in range(n_micro):
+                xb, yb = x[m * micro:(m + 1) * micro].to(device), y[m * micro:(m + 1) * micro].to(device)
+                sync = contextlib.nullcontext() if (world == 1 or m == n_micro - 1) else ddp.no_sync()
+                with sync:
+                    with autocast():
+                        loss = ddp(xb, yb) / n_micro
+                    loss.backward()
+                loss_sum += loss.detach().double().cpu()
+            if world > 1:
+                loss_sum = all_reduce_sum(loss_sum, device) / world
+            loss_val = loss_sum.item()
 
-        ema = state["ema"]
-        if not math.isfinite(loss_val) or (ema is not None and step > d["warmup_steps"] and loss_val > tc.spike_factor * ema):
-            rollbacks, skipped = state["rollbacks"] + 1, set(state["skipped"]) | {state["data_step"]}
-            if rollbacks > 10:
-                raise SpikeError(f"more than 10 loss spikes at step {step}; giving up (lower --lr?)")
-            bad = state["data_step"]
+            ema = state["ema"]
+            if not math.isfinite(loss_val) or (ema is not None and step > d["warmup_steps"] and loss_val > tc.spike_factor * ema):
+                rollbacks, skipped = state["rollbacks"] + 1, set(state["skipped"]) | {state["data_step"]}
+                if rollbacks > 10:
+                    raise SpikeError(f"more than 10 loss spikes at step {step}; giving up (lower --lr?)")
+                bad = state["data_step"]
+                opt.zero_grad(set_to_none=True)
+                meta = restore(checkpoint.latest_valid(ckpt_dir)[0])
+                if master:
+                    truncate_metrics(metrics_path, meta["step"])
+                state["rollbacks"], state["skipped"] = rollbacks, sorted(skipped)
+                save_ckpt()  # the checkpoint now knows to skip the batch: a resume will not replay the spike
+                log(dict(step=step, event="spike", loss=loss_val, ema=ema, skipped_batch=bad, rolled_back_to=meta["step"]))
+                if master:
+                    tqdm.write(f"loss spike at step {step} ({loss_val:.3f} vs running {ema}): rolled back to step "
+                               f"{meta['step']}, skipping batch {bad}")
+                bar.n = state["step"]
+                bar.refresh()
+                t_last, tok_last = time.perf_counter(), state["tokens"]
+                continue
+
+            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip or float("inf")).item()
+            opt.step()
             opt.zero_grad(set_to_none=True)
-            meta = restore(checkpoint.latest_valid(ckpt_dir)[0])
-            if master:
-                truncate_metrics(metrics_path, meta["step"])
-            state["rollbacks"], state["skipped"] = rollbacks, sorted(skipped)
-            save_ckpt()  # the checkpoint now knows to skip the batch: a resume will not replay the spike
-            log(dict(step=step, event="spike", loss=loss_val, ema=ema, skipped_batch=bad, rolled_back_to=meta["step"]))
-            if master:
-                tqdm.write(f"loss spike at step {step} ({loss_val:.3f} vs running {ema}): rolled back to step "
-                           f"{meta['step']}, skipping batch {bad}")
-            bar.n = state["step"]
-            bar.refresh()
-            t_last, tok_last = time.perf_counter(), state["tokens"]
-            continue
+            state["ema"] = loss_val if ema is None else 0.95 * ema + 0.05 * loss_val
+            state["step"] += 1
+            state["data_step"] += 1
+            state["tokens"] += d["batch_seqs"] * tc.seq_len
+            bar.update(1)
 
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip or float("inf")).item()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        state["ema"] = loss_val if ema is None else 0.95 * ema + 0.05 * loss_val
-        state["step"] += 1
-        state["data_step"] += 1
-        state["tokens"] += d["batch_seqs"] * tc.seq_len
-        bar.update(1)
-
-        last = state["step"] == d["steps"]
-        if state["step"] % 10 == 0 or last:
-            now = time.perf_counter()
-            tok_s = (state["tokens"] - tok_last) / (now - t_last)
-            mfu = tok_s * flops_tok / (peak * world)
-            log(dict(step=state["step"], tokens=state["tokens"], loss=loss_val, lr=tc.lr * C.lr_factor(step, d),
-                     grad_norm=gnorm, tok_s=tok_s, mfu=mfu, time=time.time()))
-            bar.set_postfix(loss=f"{loss_val:.3f}", tok_s=f"{tok_s:,.0f}", mfu=f"{mfu:.0%}")
-        if state["step"] % tc.eval_every == 0 or last:
-            ev = evaluate(model, windows, tc.micro_batch, autocast, rank, world)
-            final = ev if last else None
-            log(dict(step=state["step"], tokens=state["tokens"], **{f"val/{k}": v for k, v in ev.items()}))
-            if master and not quiet:
-                tqdm.write(f"step {state['step']}: " + "  ".join(f"{k} {v:.4f}" for k, v in ev.items()))
-        if state["step"] % tc.ckpt_every == 0 or last:
-            save_ckpt()
-        if state["step"] % 10 == 0 or last:
-            t_last, tok_last = time.perf_counter(), state["tokens"]  # eval and checkpoint time excluded from tok/s
-    bar.close()
+            last = state["step"] == d["steps"]
+            if state["step"] % 10 == 0 or last:
+                now = time.perf_counter()
+                tok_s = (state["tokens"] - tok_last) / (now - t_last)
+                mfu = tok_s * flops_tok / (peak * world)
+                log(dict(step=state["step"], tokens=state["tokens"], loss=loss_val, lr=tc.lr * C.lr_factor(step, d),
+                         grad_norm=gnorm, tok_s=tok_s, mfu=mfu, time=time.time()))
+                bar.set_postfix(loss=f"{loss_val:.3f}", tok_s=f"{tok_s:,.0f}", mfu=f"{mfu:.0%}")
+            if state["step"] % tc.eval_every == 0 or last:
+                ev = evaluate(model, windows, tc.micro_batch, autocast, rank, world)
+                final = ev if last else None
+                log(dict(step=state["step"], tokens=state["tokens"], **{f"val/{k}": v for k, v in ev.items()}))
+                if master and not quiet:
+                    tqdm.write(f"step {state['step']}: " + "  ".join(f"{k} {v:.4f}" for k, v in ev.items()))
+            stop = bool(asked)
+            if world > 1:  # every rank stops at the same step, or the checkpoint's barrier would hang
+                stop = all_reduce_sum(torch.tensor(float(stop), dtype=torch.float64), device).item() > 0
+            if state["step"] % tc.ckpt_every == 0 or last or stop:
+                save_ckpt()
+            if stop and not last:
+                why = asked[0] if asked else "another rank's signal"
+                log(dict(step=state["step"], event="stopped", signal=why))
+                raise Preempted(f"{run}: stopped by {why} at step {state['step']} of {d['steps']}, checkpointed; "
+                                f"continue with --resume")
+            if state["step"] % 10 == 0 or last:
+                t_last, tok_last = time.perf_counter(), state["tokens"]  # eval and checkpoint time excluded from tok/s
+        bar.close()
     if final is None:  # resumed after the last step
         final = evaluate(model, windows, tc.micro_batch, autocast, rank, world)
     if master:
