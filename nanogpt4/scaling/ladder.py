@@ -1,7 +1,8 @@
 """The scaling ladder: small runs and the base model, all made by the size dial with one methodology.
 
 Every run is `TrainConfig(width=w, tokens_per_param=r)` with the preset's vocabulary and seed; nothing else is set
-per run: depth follows from the width (64 per layer, at least `min_depth` layers), heads, learning rates (muP),
+per run: depth follows from the width (64 per layer, at least `min_depth` layers; the capability runs take the
+target's), heads, learning rates (muP),
 batch and schedule follow from config.py exactly as for any model. Below one layer the dial narrows a small model,
 which is how the ladder reaches 100-10^4× less compute than the target on a CPU. The small runs form a grid of
 widths and horizons (tokens per parameter), so that a law in parameters and tokens, L(N, D), can be fitted as well
@@ -35,7 +36,10 @@ class Preset:
     target_tokens_per_param: float  # the base model's horizon
     fit_grid: tuple  # (width, tokens per parameter) of each small run the loss laws are fitted on
     cap_widths: tuple = ()  # runs the capability law is fitted on (at the target's horizon, one seed): bigger,
-    # since tiny models pass no problem
+    # since tiny models pass no problem. They are also the validation runs that weight the loss laws (predict.RULE)
+    cap_at_target_depth: bool = True  # capability runs with the target's layers: they then differ from the target
+    # only in width, and the validation sees what depth adds that laws fitted on shallower runs miss (NOTES.md,
+    # 2026-12-05 afternoon)
     min_depth: int = 1  # layers of the narrowest models (see rung)
     seeds: tuple = (1337,)  # small runs are repeated over these seeds (averages out init/data noise)
     eval_tokens: int = 2 ** 17  # fixed held-out windows for the final loss, the same in every run
@@ -49,9 +53,11 @@ class Preset:
 PRESETS = {
     "cpu": Preset(vocab_size=4096, target_width=256, target_tokens_per_param=2, min_depth=2,
                   fit_grid=((16, 4), (24, 4), (32, 4), (40, 4), (48, 2), (16, 8), (24, 8), (32, 8)),
-                  cap_widths=(96, 128, 160), seeds=(1337,), capability=dict(n=50), problem_variants=12,
+                  cap_widths=(80, 96, 128), seeds=(1337,), capability=dict(n=50), problem_variants=12,
                   humaneval=dict(n=5, max_new_tokens=128)),
+    # long: registered at f78fc0f, before capability runs took the target's depth; kept so its record resumes
     "long": Preset(vocab_size=4096, target_width=384, target_tokens_per_param=3, min_depth=2, max_fit_fraction=1e-3,
+                   cap_at_target_depth=False,
                    fit_grid=((24, 4), (32, 4), (40, 4), (16, 8), (24, 8), (32, 8), (16, 16), (24, 16)),
                    cap_widths=(128, 192, 256), seeds=(1337, 1338, 1339), capability=dict(n=100), problem_variants=12,
                    humaneval=dict(n=10, max_new_tokens=128)),
@@ -89,6 +95,10 @@ def fit_configs(preset: Preset):
 
 
 def cap_configs(preset: Preset):
+    """The capability (and validation) runs: the target's horizon, the first seed and, with cap_at_target_depth,
+    the target's depth."""
+    if preset.cap_at_target_depth:
+        preset = replace(preset, min_depth=target_config(preset).depth)
     return [rung(preset, w, preset.target_tokens_per_param, preset.seeds[0]) for w in preset.cap_widths]
 
 

@@ -11,7 +11,7 @@ the target, so that each is past the in-context copying switch, and a law in N a
 horizon), and the report's L(C) = a·C^b + c through total compute. The registered prediction of each metric
 combines the three by a rule sealed with them (Bates & Granger 1969, "The combination of forecasts"): their mean,
 each weighted by the inverse of its mean squared relative error on the validation runs, the capability runs,
-which are not in the fit, sit at the target's horizon and train before the target. Laws the validation runs can
+which are not in the fit, sit at the target's horizon and depth, and train before the target. Laws the validation runs can
 tell apart get weights near 0 and 1; a near tie is averaged instead of decided by noise. NOTES.md (2026-12-03,
 2026-12-04) measures the laws and the rules."""
 import json
