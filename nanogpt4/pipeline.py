@@ -43,7 +43,7 @@ def posttrain(stage, out, args):
           "posttrain/data/manifest.json")
     stage("sft", ["--base", str(out / "pretrain"), "--data", str(data / "sft.jsonl"), "--out", str(out / "sft"),
                   "--resume"] + steps, "sft/done.json")
-    stage("rm", ["--sft", str(out / "sft"), "--pairs", str(data / "pairs.jsonl"), "--hhh", str(data / "hhh.jsonl"),
+    stage("rm", ["--sft", str(out / "sft"), "--pairs", str(data / "pairs.jsonl"), "--human-pairs", str(data / "human_pairs.jsonl"),
                  "--out", str(out / "rm"), "--resume"] + steps, "rm/done.json")
     stage("rlhf", ["--sft", str(out / "sft"), "--rm", str(out / "rm"), "--prompts", str(data / "prompts.jsonl"),
                    "--rbrm-data", str(data), "--out", str(out / "rlhf"), "--resume"] + steps, "rlhf/done.json")

@@ -200,8 +200,8 @@ def posttrain_section(out):
              f"SFT (`nanogpt4 sft`): {sft.get('train_conversations')} conversations, held-out loss on assistant tokens "
              f"{sft.get('heldout_loss_base', float('nan')):.3f} (base) → {sft.get('heldout_loss', float('nan')):.3f}. "
              f"Reward model (`nanogpt4 rm`): held-out pair accuracy {rm.get('heldout_accuracy', float('nan')):.3f} "
-             f"({rm.get('heldout_pairs')} generated pairs, chance 0.5); BIG-bench HHH "
-             f"{rm.get('hhh_accuracy') or float('nan'):.3f} ({rm.get('hhh_pairs')} human-preference pairs that fit).",
+             f"({rm.get('heldout_pairs')} generated pairs, chance 0.5); human-labelled TruthfulQA pairs (true over false "
+             f"answer) {rm.get('human_accuracy') or float('nan'):.3f} ({rm.get('human_pairs')} pairs that fit).",
              ""]
     if rbrm:
         c, k = rbrm["classifier"]["heldout"], rbrm["ranking"]

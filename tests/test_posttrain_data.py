@@ -1,4 +1,4 @@
-"""The post-training datasets: steerability checkers, held-out hygiene, excluded subtasks, chat rendering within
+"""The post-training datasets: steerability checkers, held-out hygiene, excluded registry tasks, chat rendering within
 a 256-token context, manifest counts and the skipped rebuild. Texts of the safety sets are never printed."""
 
 import pytest
@@ -50,14 +50,53 @@ def test_generated_steer_answers_comply_and_held_out_parameters_are_unseen():
     assert not seen["train"] & seen["heldout"]
 
 
-def test_excluded_subtasks_are_not_read():
-    assert not any(D.excluded(s) for s in D.INSTRUCTIONS)
-    for name in ("subtask001_quoref_question_generation", "subtask028_drop_answer_generation",
-                 "subtask029_winogrande_full_object", "subtask041_qasc_answer_generation",
-                 "subtask058_multirc_question_answering", "subtask061_ropes_answer_generation",
-                 "subtask003_mctaco_question_generation_event_duration", "subtask024_cosmosqa_answer_generation"):
-        assert D.excluded(name)
-        assert not any(name in m for m in D.BIGBENCH_MEMBERS)
+def test_registry_tasks_built_from_benchmarks_are_excluded():
+    for task in ("arc", "mmlu-high-school", "gsm8k_cot", "drop_answers", "truthfulqa", "winogrande",
+                 "quoref-questions", "multirc"):
+        assert D.excluded(task)
+    for task in ("search-queries", "archaeology", "dropout-rates", "born_first", "french-lexicon"):
+        assert not D.excluded(task)
+
+
+def fake_registry(root, tasks):
+    """A registry `data/` tree: {task: [jsonl rows]}."""
+    import json
+    for task, rows in tasks.items():
+        (root / "data" / task).mkdir(parents=True)
+        (root / "data" / task / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def test_registry_instructions_keep_short_english_chat_samples(tmp_path):
+    def row(user, ideal, system=None):
+        return {"input": ([{"role": "system", "content": system}] if system else []) +
+                         [{"role": "user", "content": user}], "ideal": ideal}
+    reg = fake_registry(tmp_path, {
+        "good": [row("Spell 'cat' backwards.", "tac", "Answer with the word only."), row("2+2?", ["4", "four"])],
+        "rejected": [row("x" * 300, "y"), row("Q?", "a" * 121), row("Q?", ""), {"input": "plain", "ideal": "a"},
+                     row("Traduisez «été» en anglais… 日本語のテキスト", "summer"),
+                     {"input": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+                                {"role": "user", "content": "c"}], "ideal": "d"}],
+        "steganography": [row("Keep?", "no")],  # its own licence
+        "mmlu_extra": [row("Keep?", "no")],  # built from a benchmark we evaluate
+    })
+    rows = list(D.registry_instructions(reg))
+    assert rows == [("good", "Answer with the word only.", "Spell 'cat' backwards.", "tac"),
+                    ("good", None, "2+2?", "4")]
+
+
+def test_instruction_tasks_are_held_out_whole():
+    splits = {D.instruction_split(f"task-{i}") for i in range(64)}
+    assert splits == {"train", "heldout"}
+    assert all(D.instruction_split("born_first") == D.instruction_split("born_first") for _ in range(3))
+
+
+def test_truthful_pairs_prefer_the_true_answer():
+    item = dict(id="7", question="Q?", options=["false a", "true", "false b", "false c"], label=1)
+    pairs = list(D.truthful_pairs([item]))
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("true", "false a"), ("true", "false b"),
+                                                            ("true", "false c")]
+    assert all(p["split"] == "heldout" and p["messages"] == [{"role": "user", "content": "Q?"}] for p in pairs)
 
 
 def test_refusals_are_brief_and_not_judgemental():
@@ -88,7 +127,7 @@ def test_manifest_counts_match_the_files(built):
         assert len(rows) == manifest["totals"][name]
         assert D.counts(rows) == manifest["counts"][name]
         assert len(D.load(out, name, "train")) + len(D.load(out, name, "heldout")) == len(rows)
-    assert manifest["totals"]["hhh"] == 221
+    assert manifest["totals"]["human_pairs"] == 3 * 684
     assert sum(r["source"] == "pyrit-refusal" for r in D.load(out, "refusal_labels")) == 105
     assert set(manifest["contamination"]["items"]) == {"MMLU", "HellaSwag", "ARC-Challenge", "WinoGrande",
                                                        "TruthfulQA", "GSM-8K", "DROP", "HumanEval"}
@@ -114,8 +153,9 @@ def test_no_held_out_prompt_appears_in_training(built):
     train = users(D.load(out, "sft", "train")) | users(D.load(out, "prompts", "train"))
     assert held and train and not held & train
     sft_train = D.load(out, "sft", "train")
-    assert not any(r.get("subtask") in ("subtask044_essential_terms_identifying_essential_words",
-                                        "subtask045_miscellaneous_sentence_paraphrasing") for r in sft_train)
+    instruction_tasks = {r["task"] for r in sft_train if r["category"] == "instruction"}
+    assert len(instruction_tasks) >= 80 and not any(D.instruction_split(t) == "heldout" for t in instruction_tasks)
+    assert any(r["category"] == "instruction" for r in D.load(out, "prompts", "heldout"))
     assert not any(r["source"] == "harmbench" for r in sft_train)
     assert not any(set(r.get("harm", "").split("+")) & D.HELDOUT_INTENTS for r in sft_train)
     assert not any(r.get("check", {}).get("kind") in D.HELDOUT_KINDS for r in sft_train)
@@ -125,11 +165,12 @@ def test_no_held_out_prompt_appears_in_training(built):
 
 
 @pytest.mark.network
-def test_excluded_subtasks_are_absent(built):
+def test_excluded_registry_tasks_are_absent(built):
     out, _ = built
-    subtasks = {r.get("subtask") for name in ("sft", "prompts") for r in D.load(out, name)} - {None}
-    assert subtasks and not any(D.excluded(s) for s in subtasks)
-    assert subtasks <= set(D.INSTRUCTIONS)
+    tasks = {r.get("task") for name in ("sft", "prompts") for r in D.load(out, name)} - {None}
+    assert tasks and not any(D.excluded(t) or t in D.REGISTRY_SKIP for t in tasks)
+    rows = [r for r in D.load(out, "sft") if r["category"] == "instruction"]
+    assert max(sum(r["task"] == t for r in rows) for t in tasks) <= D.INSTRUCTION_CAP
 
 
 @pytest.mark.network

