@@ -73,7 +73,7 @@ def test_registry_instructions_keep_short_english_chat_samples(tmp_path):
                          [{"role": "user", "content": user}], "ideal": ideal}
     reg = fake_registry(tmp_path, {
         "good": [row("Spell 'cat' backwards.", "tac", "Answer with the word only."), row("2+2?", ["4", "four"])],
-        "rejected": [row("x" * 300, "y"), row("Q?", "a" * 121), row("Q?", ""), {"input": "plain", "ideal": "a"},
+        "rejected": [row("x" * 300, "y"), row("Q?", "a" * 121), row("Q?", ""), {"input": "plain", "ideal": "a"}, ["a", "list"],
                      row("Traduisez «été» en anglais… 日本語のテキスト", "summer"),
                      {"input": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
                                 {"role": "user", "content": "c"}], "ideal": "d"}],

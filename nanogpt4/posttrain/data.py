@@ -187,7 +187,9 @@ def registry_instructions(registry):
                     row = json.loads(line)
                 except ValueError:
                     continue
-                messages, ideal = row.get("input"), row.get("ideal") if isinstance(row, dict) else None
+                if not isinstance(row, dict):
+                    continue
+                messages, ideal = row.get("input"), row.get("ideal")
                 ideal = ideal[0] if isinstance(ideal, list) and ideal else ideal
                 if not (isinstance(messages, list) and isinstance(ideal, str) and 0 < len(ideal.strip()) <= MAX_ANSWER_CHARS
                         and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages)
