@@ -109,7 +109,8 @@ class DataError(UserError, ValueError):
 # ----------------------------------------------------------------------------- steerability checks
 
 CHECK_KINDS = ("caps", "bullets", "json", "signoff", "word_limit", "one_word", "persona")
-BULLET = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s+\S")
+BULLET_MARK = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s+")  # a bullet line's marker
+BULLET = re.compile(BULLET_MARK.pattern + r"\S")
 
 
 def words(text):
@@ -845,8 +846,7 @@ def ignoring_system(spec, answer, rng):
     if kind == "caps":
         bad = answer.lower().capitalize()
     elif kind == "bullets":
-        bad = ", ".join(re.sub(r"^\s*(?:[-*\u2022]|\d+[.)])\s+", "", line).strip() for line in answer.splitlines()
-                        if line.strip()) + "."
+        bad = ", ".join(BULLET_MARK.sub("", line).strip() for line in answer.splitlines() if line.strip()) + "."
     elif kind == "json":
         try:
             bad = str(json.loads(answer).get("answer", ""))
@@ -875,8 +875,8 @@ def make_pairs(conversations, seed=SEED):
     refusal contrast is what the reward model must learn per prompt (refuse this one, answer that one), and one
     pair in three leaves it to the prompts' surface (a reward model trained so preferred wrong refusals of
     held-out allowed prompts; NOTES.md). Steering prompts always get their ignores_system pair: without it PPO
-    traded compliance for short generic answers (NOTES.md, 2026-12-06). A pair keeps its conversation's split and source, so held-out pairs are
-    on held-out prompts."""
+    traded compliance for short generic answers (NOTES.md, 2026-12-06). A pair keeps its conversation's split and
+    source, so held-out pairs are on held-out prompts."""
     rng = random.Random(seed)
     convs = [c for c in conversations if c["messages"][-1]["role"] == "assistant"]
     pairs = []
