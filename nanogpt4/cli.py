@@ -79,7 +79,11 @@ def main(argv=None):
     except USER_ERRORS as e:  # the user can fix these: one line, no traceback (a bug still shows its traceback)
         if not command_line:
             raise
-        print(f"nanogpt4: error: {' '.join(str(e).split())}", file=sys.stderr)
+        msg = ' '.join(str(e).split())
+        if getattr(e, "resumable", False):  # a stopped training: how to go on from this very command line
+            plain_pretrain = args.stage == "pretrain" and not getattr(args, "resume", True)
+            msg += "; continue with --resume" if plain_pretrain else "; run the same command again to continue"
+        print(f"nanogpt4: error: {msg}", file=sys.stderr)
         return 1
     return 0
 

@@ -93,3 +93,19 @@ def test_corrupt_checkpoint_is_one_line_in_a_subprocess(tiny_tokens, tmp_path):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("nanogpt4: error: ")
     assert "step_0000005: unreadable meta.json" in lines[0]
+
+
+def test_a_stopped_training_says_how_to_go_on(capsys, monkeypatch):
+    """`nanogpt4 run` and `scaling` resume by themselves: the hint is the same command, not pretrain's --resume."""
+    from nanogpt4 import pipeline
+    from nanogpt4.train import pretrain
+
+    def stopped(args):
+        raise pretrain.Preempted("runs/x: stopped by SIGTERM at step 149 of 456, checkpointed")
+
+    monkeypatch.setattr(pretrain, "main", stopped)
+    monkeypatch.setattr(pipeline, "main", stopped)
+    assert error_line(capsys, monkeypatch, "pretrain", "--tokens", "t").endswith("; continue with --resume\n")
+    resumed = error_line(capsys, monkeypatch, "pretrain", "--tokens", "t", "--resume")
+    assert resumed.endswith("checkpointed; run the same command again to continue\n")
+    assert error_line(capsys, monkeypatch, "run").endswith("; run the same command again to continue\n")

@@ -49,7 +49,8 @@ class ConfigError(UserError, ValueError):
 
 
 class Preempted(UserError, RuntimeError):
-    pass
+    """A training stopped by a signal after checkpointing; the command line says how to go on (`resumable`)."""
+    resumable = True
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -374,8 +375,7 @@ def train(tc: C.TrainConfig, run, tokens_dir, resume=False, quiet=False):
             if stop and not last:
                 why = asked[0] if asked else "another rank's signal"
                 log(dict(step=state["step"], event="stopped", signal=why))
-                raise Preempted(f"{run}: stopped by {why} at step {state['step']} of {d['steps']}, checkpointed; "
-                                f"continue with --resume")
+                raise Preempted(f"{run}: stopped by {why} at step {state['step']} of {d['steps']}, checkpointed")
             if state["step"] % 10 == 0 or last:
                 t_last, tok_last = time.perf_counter(), state["tokens"]  # eval and checkpoint time excluded from tok/s
         bar.close()
