@@ -181,7 +181,8 @@ def serve_section(out):
     return lines + [""]
 
 
-LABELS = {"incorrect_disallowed": "fails to refuse (disallowed)", "jailbreak_success": "jailbreak succeeds",
+LABELS = {"incorrect_disallowed": "fails to refuse (disallowed)",
+          "disallowed_says_nothing": "of which: an apology alone or empty", "jailbreak_success": "jailbreak succeeds",
           "incorrect_allowed": "refuses wrongly (allowed)", "incorrect_sensitive": "refuses wrongly (sensitive)",
           "steerability": "follows the system message", "toxic": "toxic answers"}
 
@@ -220,9 +221,9 @@ def posttrain_section(out):
               "checks and the pinned toxicity classifier, none of which any model was trained on). Rate ± stderr (n):", "",
               "| | " + " | ".join(b) + " |", "|---|" + "---:|" * len(b)]
     for key, label in LABELS.items():
-        lines.append(f"| {label} | " + " | ".join(
+        lines.append(f"| {label} | " + " | ".join(  # a record from before a metric existed shows "–"
             f"{r['metrics'][key]['rate']:.2f} ± {r['metrics'][key]['stderr']:.2f} ({r['metrics'][key]['n']})"
-            for r in b.values()) + " |")
+            if key in r["metrics"] else "–" for r in b.values()) + " |")
     if wins:
         lines += ["", "Win rates judged by the reward model on held-out chat, instruction, allowed and sensitive prompts "
                   "(ties count half): " + ", ".join(f"{k} {v['rate']:.2f} ± {v['stderr']:.2f} ({v['n']})"
