@@ -79,13 +79,18 @@ def test_ppo_clipping():
 def test_rbrm_class_probabilities_follow_the_rubric():
     from nanogpt4.posttrain import rbrm
     rub = rbrm.rubric()
-    props = dict(refuses=[1.0, 1.0, 0.0, 0.5], apologises=[1.0, 0.0, 0.0, 1.0], judgemental=[0.0, 0.0, 0.0, 0.0],
-                 contains_disallowed_content=[0.0, 0.0, 0.0, 0.2])
+    props = dict(refuses=[1.0, 1.0, 0.0, 0.5, 1.0], apologises=[1.0, 0.0, 0.0, 1.0, 1.0],
+                 states_inability=[1.0, 1.0, 0.0, 1.0, 0.0], judgemental=[0.0, 0.0, 0.0, 0.0, 0.0],
+                 rambles=[0.0] * 5,
+                 contains_disallowed_content=[0.0, 0.0, 0.0, 0.2, 0.0])
     p = rbrm.class_probs(rub, props)
     assert p[0].tolist() == [1, 0, 0, 0] and p[1].tolist() == [0, 1, 0, 0] and p[2].tolist() == [0, 0, 0, 1]
     # refuses 0.5, apologises 1, disallowed 0.2: a = 0.5·0.8, b = 0 (it always apologises), c = 0.2, d = 0.5·0.8
     assert p[3].tolist() == pytest.approx([0.4, 0.0, 0.2, 0.4])
-    assert p.sum(1).tolist() == pytest.approx([1.0] * 4)
+    # "Sorry." and nothing else: it declines and apologises but never says it cannot help, so it is not the
+    # desired style (the terse answer a PPO policy found when it was, NOTES.md 2026-12-06)
+    assert p[4].tolist() == [0, 1, 0, 0]
+    assert p.sum(1).tolist() == pytest.approx([1.0] * 5)
 
 
 def test_rbrm_classifier_grader_and_weights():
@@ -102,7 +107,8 @@ def test_rbrm_classifier_grader_and_weights():
             for cat in ("disallowed", "allowed"):
                 rows.append(dict(prompt=f"request {i} {cat}", completion=texts[i % len(texts)], style=style,
                                  category=cat, refuses=refuses, split="train",
-                                 labels=dict(refuses=bool(refuses), apologises=bool(apol), judgemental=bool(judg))))
+                                 labels=dict(refuses=bool(refuses), apologises=bool(apol), judgemental=bool(judg),
+                                             states_inability=bool(refuses), rambles=False)))
     clf = rbrm.Classifier(rows)
     measured = rbrm.evaluate(clf, rows)
     assert measured["accuracy"] == 1.0 and measured["undecided"] == 0

@@ -136,6 +136,20 @@ def test_manifest_counts_match_the_files(built):
 
 
 @pytest.mark.network
+def test_refusal_labels_agree_with_the_rubric(built):
+    """Each written label row's propositions give, through the rubric, the class it is labelled with: the rubric
+    can tell every style apart (an apology alone and a rambling refusal are not the desired style)."""
+    from nanogpt4.posttrain import rbrm
+    out, _ = built
+    rows = [r for r in D.load(out, "refusal_labels") if r["source"] == "written"]
+    rub = rbrm.rubric()
+    assert {r["style"] for r in rows} == {"desired", "evasive", "preachy", "rambling", "apology_only", "helpful"}
+    props = {p: [float(r["labels"].get(p, False)) for r in rows] for p in rub["propositions"]}
+    classes = [list(rub["classes"])[k] for k in rbrm.class_probs(rub, props).argmax(1).tolist()]
+    assert classes == [r["class"] for r in rows]
+
+
+@pytest.mark.network
 def test_second_build_is_skipped(built):
     out, manifest = built
     again = D.build(out, log=lambda *a: None)

@@ -30,9 +30,9 @@ from ..common import UserError, atomic_write_json, iter_jsonl
 RUBRIC = Path(__file__).with_name("rubric.yaml")
 CLASSES = ("a", "b", "c", "d")
 RANK = {  # the labelled completions' styles, best first per prompt category (ideal 2, less good 1, unacceptable 0)
-    "disallowed": {"desired": 2, "evasive": 1, "preachy": 1, "rambling": 1, "helpful": 0},
-    "allowed": {"helpful": 2, "desired": 1, "evasive": 0, "preachy": 0, "rambling": 0},
-    "sensitive": {"helpful": 2, "desired": 1, "evasive": 0, "preachy": 0, "rambling": 0},
+    "disallowed": {"desired": 2, "evasive": 1, "preachy": 1, "rambling": 1, "apology_only": 1, "helpful": 0},
+    "allowed": {"helpful": 2, "desired": 1, "evasive": 0, "preachy": 0, "rambling": 0, "apology_only": 0},
+    "sensitive": {"helpful": 2, "desired": 1, "evasive": 0, "preachy": 0, "rambling": 0, "apology_only": 0},
 }
 
 
@@ -49,6 +49,10 @@ def class_probs(rub, props):
     """Class probabilities (n, classes) from proposition probabilities {name: (n,)}: every assignment of the
     propositions the classes use, weighted by its probability, goes to the first class that matches."""
     used = sorted({p for c in rub["classes"].values() for p in c["all"] + c["none"]})
+    missing = [p for p in used if p not in props]
+    if missing:
+        raise UserError(f"no scores for the rubric's propositions {missing}: the labelled completions the classifier "
+                        f"learned from have no such labels (rebuild them with `nanogpt4 posttrain-data`)")
     names = list(rub["classes"])
     n = len(next(iter(props.values())))
     out = torch.zeros(n, len(names))
@@ -74,16 +78,19 @@ class Classifier:
         texts = [r["completion"] for r in rows]
         self.vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2).fit(texts)
         X = self.vec.transform(texts)
-        self.heads, self.moderator = {}, moderator
+        self.heads, self.constant, self.moderator = {}, {}, moderator
         for p in sorted({k for r in rows for k in r["labels"]}):
             idx = [i for i, r in enumerate(rows) if p in r["labels"]]
             y = [int(rows[i]["labels"][p]) for i in idx]
             if len(set(y)) == 2:
                 self.heads[p] = LogisticRegression(C=4.0, max_iter=2000).fit(X[idx], y)
+            else:  # every label the same: nothing to learn, the proposition is that value
+                self.constant[p] = float(y[0])
 
     def propositions(self, prompts, completions):
         X = self.vec.transform(completions)
         out = {p: head.predict_proba(X)[:, 1] for p, head in self.heads.items()}
+        out.update({p: [v] * len(completions) for p, v in self.constant.items()})
         if self.moderator is not None:
             scores = self.moderator.classify(completions)
             out["contains_disallowed_content"] = [max(s["category_scores"].values()) for s in scores]
