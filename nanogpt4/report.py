@@ -182,7 +182,7 @@ def serve_section(out):
 
 
 LABELS = {"incorrect_disallowed": "fails to refuse (disallowed)",
-          "disallowed_says_nothing": "of which: an apology alone or empty", "jailbreak_success": "jailbreak succeeds",
+          "disallowed_says_nothing": "says nothing (disallowed; within fails to refuse)", "jailbreak_success": "jailbreak succeeds",
           "incorrect_allowed": "refuses wrongly (allowed)", "incorrect_sensitive": "refuses wrongly (sensitive)",
           "steerability": "follows the system message", "toxic": "toxic answers"}
 

@@ -76,10 +76,13 @@ def test_battle_of_local_runs_and_the_report_card(local_run, endless_run, tmp_pa
     assert event["data"]["answers"]["completion1"] and event["data"]["answers"]["completion2"]  # both runs answered
     metrics = {k: behaviour.rate([1, 0]) for k in report.LABELS}
     (tmp_path / "posttrain").mkdir()
+    older = {k: v for k, v in metrics.items() if k != "disallowed_says_nothing"}  # measured before that metric
     (tmp_path / "posttrain" / "behaviour.json").write_text(json.dumps(
-        {"rlhf": dict(run="x", metrics=metrics, examples={}), "_battle": res}))
+        {"rlhf": dict(run="x", metrics=metrics, examples={}), "sft": dict(run="y", metrics=older, examples={}),
+         "_battle": res}))
     text = "\n".join(report.posttrain_section(tmp_path))
     assert "judged by `judge`" in text and "rlhf vs sft 0.50 ± 0.00 (8 gradings, 0 invalid)" in text
+    assert f"| {report.LABELS['disallowed_says_nothing']} | – | 0.50 ± 0.35 (2) |" in text  # sft first, then rlhf
 
 
 def test_behaviour_cli_with_a_grader(local_run, endless_run, tmp_path):

@@ -103,9 +103,12 @@ def test_a_stopped_training_says_how_to_go_on(capsys, monkeypatch):
     def stopped(args):
         raise pretrain.Preempted("runs/x: stopped by SIGTERM at step 149 of 456, checkpointed")
 
+    from nanogpt4.scaling import stage
     monkeypatch.setattr(pretrain, "main", stopped)
     monkeypatch.setattr(pipeline, "main", stopped)
+    monkeypatch.setattr(stage, "main", stopped)
     assert error_line(capsys, monkeypatch, "pretrain", "--tokens", "t").endswith("; continue with --resume\n")
     resumed = error_line(capsys, monkeypatch, "pretrain", "--tokens", "t", "--resume")
     assert resumed.endswith("checkpointed; run the same command again to continue\n")
-    assert error_line(capsys, monkeypatch, "run").endswith("; run the same command again to continue\n")
+    for argv in (["run"], ["scaling", "all"]):  # both resume by themselves
+        assert error_line(capsys, monkeypatch, *argv).endswith("; run the same command again to continue\n")

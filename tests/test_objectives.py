@@ -104,9 +104,10 @@ def test_rbrm_classifier_grader_and_weights():
     for i in range(12):
         for style, texts, refuses, apol, judg in (("desired", refuse, 1, 1, 0), ("preachy", preach, 1, 0, 1),
                                                   ("helpful", helpful, 0, 0, 0)):
+            cls = "ab"[judg] if refuses else "d"  # the rubric's class: desired a, preachy b, helpful d
             for cat in ("disallowed", "allowed"):
                 rows.append(dict(prompt=f"request {i} {cat}", completion=texts[i % len(texts)], style=style,
-                                 category=cat, refuses=refuses, split="train",
+                                 category=cat, refuses=refuses, split="train", **{"class": cls},
                                  labels=dict(refuses=bool(refuses), apologises=bool(apol), judgemental=bool(judg),
                                              states_inability=bool(refuses), rambles=False)))
     clf = rbrm.Classifier(rows)
@@ -115,6 +116,9 @@ def test_rbrm_classifier_grader_and_weights():
     assert json.loads(json.dumps(measured)) == measured  # plain numbers: it goes into rbrm.json
     rub = rbrm.rubric()
     probs = rbrm.class_probs(rub, clf.propositions([r["prompt"] for r in rows], [r["completion"] for r in rows]))
+    assert rbrm.class_accuracy(rub, probs, rows) == {"desired": 1.0, "helpful": 1.0, "preachy": 1.0}
+    flipped = [dict(r, **{"class": "b"}) if r["style"] == "desired" else r for r in rows]
+    assert rbrm.class_accuracy(rub, probs, flipped)["desired"] == 0.0
     pairs = rbrm.ranked_pairs(rows)
     assert len(pairs) == 12 * (3 + 3)  # disallowed: desired > preachy > helpful; allowed: helpful > desired > preachy
     start = {c: torch.tensor([rub["rewards"][c][k] for k in rub["classes"]]) for c in rbrm.RANK}

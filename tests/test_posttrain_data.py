@@ -147,6 +147,13 @@ def test_refusal_labels_agree_with_the_rubric(built):
     props = {p: [float(r["labels"].get(p, False)) for r in rows] for p in rub["propositions"]}
     classes = [list(rub["classes"])[k] for k in rbrm.class_probs(rub, props).argmax(1).tolist()]
     assert classes == [r["class"] for r in rows]
+    # and the offline classifier learns it: held-out rows (unseen undesired wordings) get their class
+    clf = rbrm.Classifier([r for r in rows if r["split"] == "train"])
+    held = [r for r in rows if r["split"] == "heldout"]
+    acc = rbrm.class_accuracy(rub, rbrm.class_probs(rub, clf.propositions([r["prompt"] for r in held],
+                                                                         [r["completion"] for r in held])), held)
+    assert acc["desired"] >= 0.9 and acc["apology_only"] >= 0.9, acc  # measured 1.0 and 1.0
+    assert acc["helpful"] >= 0.8, acc  # held-out answers of unseen template families: measured 0.85
 
 
 @pytest.mark.network

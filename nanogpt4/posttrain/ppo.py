@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from .. import chat
-from ..common import UserError, atomic_write_json, iter_jsonl
+from ..common import UserError, atomic_write_json, iter_jsonl, sha256_file
 from ..engine import Engine, SamplingParams
 from . import objectives as O
 from . import reward as R
@@ -80,14 +80,15 @@ def scores(rm, rm_tok, prompts, samples, extra, weight):
 
 def train(sft_run, rm_run, prompts_path, out, steps=60, prompts_per_step=16, max_tokens=48, lr=1e-4, kl_coef=0.05,
           epochs=2, minibatch=8, clip=0.2, value_coef=0.5, seed=0, extra=None, extra_weight=1.0, dtype="float32",
-          resume=False, quiet=False, temperature=1.0):
+          resume=False, quiet=False, temperature=1.0, extra_id=None):
     """PPO from the SFT run against the reward model in `rm_run` on the training prompts at `prompts_path`;
-    `extra(prompt, answer) -> float` is an optional rule-based reward added with `extra_weight`. Returns done.json."""
+    `extra(prompt, answer) -> float` is an optional rule-based reward added with `extra_weight`, named by `extra_id`
+    in the run's config (a run resumes only under the same reward). Returns done.json."""
     rm, rm_tok = R.load(rm_run)
     cfg = dict(steps=steps, prompts_per_step=prompts_per_step, max_tokens=max_tokens, lr=lr, kl_coef=kl_coef,
                epochs=epochs, minibatch=minibatch, clip=clip, value_coef=value_coef, seed=seed,
                extra_weight=extra_weight if extra else 0.0, dtype=dtype, reward_model=str(Path(rm_run).resolve()),
-               temperature=temperature)
+               temperature=temperature, **({"extra": extra_id} if extra and extra_id else {}))
     b = trainer.setup(sft_run, prompts_path, out, cfg, resume, kind="rlhf")
     out, tok, policy = Path(out), b.tok, b.model.train()
     reference = trainer.frozen(policy)  # the SFT weights, frozen
@@ -221,9 +222,18 @@ def main(args):
             or not 0 < args.temperature <= 2:
         raise UserError("--steps, --prompts-per-step, --max-tokens, --epochs and --minibatch must be ≥ 1; --lr > 0; "
                         "--temperature in (0, 2]")
-    extra = rbrm_reward(args.rbrm_data, args.out, args.rm) if args.rbrm_weight else None
+    if args.resume and (Path(args.out) / "done.json").exists():  # finished: its RBRM stays the one it trained with
+        done = json.loads((Path(args.out) / "done.json").read_text())
+        print(f"rlhf: {args.out} is finished (step {done['step']})")
+        return done
+    extra, extra_id = (None, None)
+    if args.rbrm_weight:
+        from .rbrm import RUBRIC
+        extra = rbrm_reward(args.rbrm_data, args.out, args.rm)
+        extra_id = dict(rbrm_rubric=sha256_file(RUBRIC),
+                        rbrm_labels=sha256_file(Path(args.rbrm_data) / "refusal_labels.jsonl"))
     done = train(args.sft, args.rm, args.prompts, args.out, args.steps, args.prompts_per_step, args.max_tokens,
                  args.lr, args.kl_coef, args.epochs, args.minibatch, args.clip, seed=args.seed, extra=extra,
-                 extra_weight=args.rbrm_weight, resume=args.resume, temperature=args.temperature)
+                 extra_weight=args.rbrm_weight, resume=args.resume, temperature=args.temperature, extra_id=extra_id)
     print(json.dumps(done))
     return done

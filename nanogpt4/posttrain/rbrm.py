@@ -132,6 +132,16 @@ def evaluate(backend, rows):
     return dict(accuracy=acc, chance=chance, n=len(rows), undecided=undecided)
 
 
+def class_accuracy(rub, probs, rows):
+    """{style: share of labelled rows whose most probable class (probs: class_probs of the rows) is their label}:
+    whether the backend tells a desired refusal from an apology alone, a lecture or a ramble."""
+    names, by = list(rub["classes"]), {}
+    for r, k in zip(rows, probs.argmax(1).tolist()):
+        if r.get("class"):
+            by.setdefault(r["style"], []).append(names[k] == r["class"])
+    return {style: sum(v) / len(v) for style, v in sorted(by.items())}
+
+
 def ranked_pairs(rows):
     """(better index, worse index, category) for completions of the same prompt whose styles rank differently."""
     groups = {}
@@ -206,6 +216,11 @@ def build(data_dir, out, moderator=None, grader=None, rm_run=None):
     held = [r for r in rows if r["split"] == "heldout"]
     if not train:
         raise UserError(f"{data_dir}: no training rows in refusal_labels.jsonl (run `nanogpt4 posttrain-data`)")
+    used = {p for c in rub["classes"].values() for p in c["all"] + c["none"]} - {"contains_disallowed_content"}
+    missing = sorted(used - {k for r in train for k in r["labels"]})
+    if missing:
+        raise UserError(f"{data_dir}: refusal_labels.jsonl has no labels for the rubric's propositions {missing} "
+                        f"(rebuild it with `nanogpt4 posttrain-data`)")
     clf = Classifier(train, moderator)
     report = dict(classifier={"heldout": evaluate(clf, held),
                               "pyrit": evaluate(clf, [r for r in held if r["source"] == "pyrit-refusal"])})
@@ -213,6 +228,7 @@ def build(data_dir, out, moderator=None, grader=None, rm_run=None):
         report["grader"] = evaluate(Grader(grader, rub), held[:200])
     probs = {s: class_probs(rub, clf.propositions([r["prompt"] or "" for r in part], [r["completion"] for r in part]))
              for s, part in (("train", train), ("heldout", held))}
+    report["classifier"]["heldout_class_accuracy"] = class_accuracy(rub, probs["heldout"], held)
     pairs = {s: ranked_pairs(part) for s, part in (("train", train), ("heldout", held))}
     start = {c: torch.tensor([rub["rewards"][c][k] for k in rub["classes"]]) for c in RANK}
     rm = {s: rm_scores(rm_run, part) for s, part in (("train", train), ("heldout", held))} if rm_run else {}
