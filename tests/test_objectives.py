@@ -152,3 +152,12 @@ def test_rbrm_classifier_grader_and_weights():
             return type("R", (), {"completions": ["The weather is nice today."]})()
     babble = rbrm.evaluate(rbrm.Grader(Babbles(), rub), rows)
     assert babble["undecided"] == len(rows) and babble["accuracy"] == 1 / 3  # all counted as non-refusals
+
+
+def test_rbrm_build_names_propositions_its_labels_lack(tmp_path):
+    from nanogpt4.common import UserError
+    from nanogpt4.posttrain import rbrm
+    row = dict(prompt="q", completion="Sorry.", split="train", labels=dict(refuses=True, apologises=True))
+    (tmp_path / "refusal_labels.jsonl").write_text(json.dumps(row) + "\n")
+    with pytest.raises(UserError, match=r"\['judgemental', 'rambles', 'states_inability'\]"):
+        rbrm.build(tmp_path, tmp_path)

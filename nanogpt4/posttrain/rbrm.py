@@ -45,10 +45,15 @@ def rubric(path=RUBRIC):
     return r
 
 
+def used_propositions(rub):
+    """The propositions the rubric's classes read, sorted."""
+    return sorted({p for c in rub["classes"].values() for p in c["all"] + c["none"]})
+
+
 def class_probs(rub, props):
     """Class probabilities (n, classes) from proposition probabilities {name: (n,)}: every assignment of the
     propositions the classes use, weighted by its probability, goes to the first class that matches."""
-    used = sorted({p for c in rub["classes"].values() for p in c["all"] + c["none"]})
+    used = used_propositions(rub)
     missing = [p for p in used if p not in props]
     if missing:
         raise UserError(f"no scores for the rubric's propositions {missing}: the labelled completions the classifier "
@@ -216,8 +221,8 @@ def build(data_dir, out, moderator=None, grader=None, rm_run=None):
     held = [r for r in rows if r["split"] == "heldout"]
     if not train:
         raise UserError(f"{data_dir}: no training rows in refusal_labels.jsonl (run `nanogpt4 posttrain-data`)")
-    used = {p for c in rub["classes"].values() for p in c["all"] + c["none"]} - {"contains_disallowed_content"}
-    missing = sorted(used - {k for r in train for k in r["labels"]})
+    labelled = {k for r in train for k in r["labels"]} | {"contains_disallowed_content"}  # the moderation model's
+    missing = [p for p in used_propositions(rub) if p not in labelled]
     if missing:
         raise UserError(f"{data_dir}: refusal_labels.jsonl has no labels for the rubric's propositions {missing} "
                         f"(rebuild it with `nanogpt4 posttrain-data`)")
