@@ -54,10 +54,6 @@ def class_probs(rub, props):
     """Class probabilities (n, classes) from proposition probabilities {name: (n,)}: every assignment of the
     propositions the classes use, weighted by its probability, goes to the first class that matches."""
     used = used_propositions(rub)
-    missing = [p for p in used if p not in props]
-    if missing:
-        raise UserError(f"no scores for the rubric's propositions {missing}: the labelled completions the classifier "
-                        f"learned from have no such labels (rebuild them with `nanogpt4 posttrain-data`)")
     names = list(rub["classes"])
     n = len(next(iter(props.values())))
     out = torch.zeros(n, len(names))
