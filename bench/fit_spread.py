@@ -16,10 +16,12 @@ import numpy as np
 from nanogpt4.scaling import predict
 
 
-def predictions(rows, validation, target, metric):
+def predictions(rows, validation, target, metric, registered):
     """{law: prediction} and the combination, fitted on rows and scored on validation (points only, no bootstrap)."""
     cols, vcols, out = predict._cols(rows), predict._cols(validation), {}
-    for law, (fit, keys, at) in predict._fitters(*target).items():
+    for law, (fit, keys, at) in predict._fitters(target).items():
+        if law not in registered:  # a record sealed before this law was added
+            continue
         f = fit([cols[k] for k in keys], [r["final"][metric] for r in rows])
         point = float(f.predict(*at))
         out[law] = dict(law=law, loss=point, interval=[point, point],
@@ -42,14 +44,15 @@ def main():
     d = Path(args.scaling)
     ladder = json.loads((d / "ladder.json").read_text())
     pred = json.loads((d / "prediction_loss.json").read_text())["prediction"]
-    target = (pred["target_compute"], pred["target_non_embedding_params"], pred["target_tokens"])
+    target = dict(compute=pred["target_compute"], n=pred["target_non_embedding_params"], d=pred["target_tokens"],
+                  ne=pred.get("target_non_embedding_compute"))  # None in records sealed before the fourth law
     verified = json.loads((d / "verify_loss.json").read_text())["metrics"] if (d / "verify_loss.json").exists() else {}
     rng = np.random.default_rng(args.seed)
     for metric in pred["metrics"]:
         rows, val = ladder["runs"], ladder["capability_runs"]
-        base = predictions(rows, val, target, metric)
+        base = predictions(rows, val, target, metric, pred["laws"][metric])
         draws = [predictions(jitter(rows, metric, args.sigma, rng), jitter(val, metric, args.sigma, rng), target,
-                             metric) for _ in range(args.draws)]
+                             metric, pred["laws"][metric]) for _ in range(args.draws)]
         measured = verified.get(metric, {}).get("measured")
         print(f"\n{metric}: sigma {args.sigma} nats on every fit and validation run, {args.draws} draws"
               + (f", measured {measured:.4f}" if measured else ""))

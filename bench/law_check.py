@@ -19,10 +19,10 @@ from nanogpt4.scaling import predict
 
 def row(run):
     tc = C.TrainConfig(**read_config(run)["train"])
-    compute, n, d = predict.size(tc)
+    at = predict.size(tc)
     final = json.loads((Path(run) / "done.json").read_text())["final"]
-    return dict(name=f"{Path(run).name} (depth {tc.depth})", compute=compute, non_embedding_params=n, tokens=d,
-                final=final)
+    return dict(name=f"{Path(run).name} (depth {tc.depth})", compute=at["compute"], non_embedding_params=at["n"],
+                tokens=at["d"], non_embedding_compute=at["ne"], size=at, final=final)
 
 
 def main():
@@ -37,17 +37,16 @@ def main():
     cols, vcols, ref = predict._cols(fit), predict._cols(val), check[0]
     for metric in predict.METRICS:
         laws = []
-        for law, (fitter, keys, _) in predict._fitters(ref["compute"], ref["non_embedding_params"], ref["tokens"]).items():
+        for law, (fitter, keys, _) in predict._fitters(ref["size"]).items():
             f = fitter([cols[k] for k in keys], [r["final"][metric] for r in fit])
             laws.append(dict(law=law, f=f, keys=keys, validation_errors=predict.validation_errors(f, keys, vcols, val, metric)))
         print(f"\n{metric}")
         for r in val + check:
-            preds = {x["law"]: float(x["f"].predict(*[dict(compute=r["compute"], n=r["non_embedding_params"],
-                                                           d=r["tokens"])[k] for k in x["keys"]])) for x in laws}
+            preds = {x["law"]: float(x["f"].predict(*[r["size"][k] for k in x["keys"]])) for x in laws}
             both = [dict(law=x["law"], loss=preds[x["law"]], interval=[preds[x["law"]]] * 2,
                          validation_errors=x["validation_errors"]) for x in laws]
             preds["combination"] = predict.combine(both)["loss"]
-            errs = "  ".join(f"{k.split()[0]} {v / r['final'][metric] - 1:+.2%}" for k, v in preds.items())
+            errs = "  ".join(f"{k} {v / r['final'][metric] - 1:+.2%}" for k, v in preds.items())
             kind = "validate" if r in val else "check"
             print(f"  {kind:<8} {r['name']:<26} C {r['compute']:.2e}  measured {r['final'][metric]:.4f}  {errs}")
 

@@ -41,8 +41,8 @@ def test_refusals(tmp_path):
 
 
 def test_every_law_registered_the_rule_weights_by_validation_and_verification_reads_all(tmp_path):
-    """register_loss on a grid drawn from known laws (held-out code from Hoffmann's L(N, D), text from Kaplan's): all
-    three laws are registered, the sealed rule's combination puts nearly all weight on each metric's true law by its
+    """register_loss on a grid drawn from known laws (held-out code from Hoffmann's L(N, D), text from Kaplan's): every
+    law is registered, the sealed rule's combination puts nearly all weight on each metric's true law by its
     error on the validation runs (the capability runs, not in the fit) and recovers the target's loss; without
     validation runs the weights are equal; verification reads every law and the combination back and Figure 1 is
     drawn."""
@@ -54,15 +54,16 @@ def test_every_law_registered_the_rule_weights_by_validation_and_verification_re
     def rows(configs):
         out = []
         for tc in configs:
-            compute, n, d = predict.size(tc)
-            out.append(dict(name=L.name(tc), tokens_per_param=tc.tokens_per_param, compute=compute,
-                            non_embedding_params=n, tokens=d, final={m: float(t.predict(n, d)) for m, t in truth.items()},
+            at = predict.size(tc)
+            out.append(dict(name=L.name(tc), tokens_per_param=tc.tokens_per_param, compute=at["compute"],
+                            non_embedding_params=at["n"], tokens=at["d"], non_embedding_compute=at["ne"],
+                            final={m: float(t.predict(at["n"], at["d"])) for m, t in truth.items()},
                             config_hash=R.config_hash(tc.identity())))
         return out
 
     target = L.target_config(preset)
-    compute, n, d = predict.size(target)
-    want = {m: float(t.predict(n, d)) for m, t in truth.items()}
+    at = predict.size(target)
+    compute, want = at["compute"], {m: float(t.predict(at["n"], at["d"])) for m, t in truth.items()}
     record = predict.register_loss(tmp_path / "rec.json", target, tmp_path / "base", rows(L.fit_configs(preset)),
                                    validation=rows(L.cap_configs(preset)), curve=L.target_line(preset), n_boot=30)
     pred = record["prediction"]
@@ -77,8 +78,8 @@ def test_every_law_registered_the_rule_weights_by_validation_and_verification_re
                                   n_boot=10)
     for m, reg in plain["prediction"]["metrics"].items():
         laws_ = plain["prediction"]["laws"][m].values()
-        assert set(reg["weights"].values()) == {1 / 3} and reg["validation_mae"] is None
-        assert reg["loss"] == pytest.approx(sum(p["loss"] for p in laws_) / 3)
+        assert set(reg["weights"].values()) == {1 / len(predict.LAWS)} and reg["validation_mae"] is None
+        assert reg["loss"] == pytest.approx(sum(p["loss"] for p in laws_) / len(predict.LAWS))
     (tmp_path / "base").mkdir()
     (tmp_path / "base" / "config.json").write_text(json.dumps(dict(train=target.to_dict(),
                                                                    model=target.model_config().to_dict())))
@@ -94,6 +95,41 @@ def test_every_law_registered_the_rule_weights_by_validation_and_verification_re
     assert (tmp_path / "old.png").stat().st_size > 10_000
 
 
+def test_a_power_law_in_non_embedding_compute_is_found_and_drawn(tmp_path):
+    """Losses that follow Kaplan et al.'s L(C) = a·C^b in non-embedding compute (not in total compute: the readout
+    is most of a narrow run's compute) give that law nearly all the weight on the long preset's ladder, with its
+    validation runs, and the registered prediction is the true loss of the target; verify draws the law."""
+    from nanogpt4.scaling import ladder as L, predict
+    preset = L.PRESETS["long"]
+    truth = {m: (lambda ne, a=a: a * (ne / 1e15) ** -0.04) for m, a in (("heldout_code", 2.8), ("val_text", 3.4))}
+
+    def rows(configs):
+        out = []
+        for tc in configs:
+            at = predict.size(tc)
+            out.append(dict(name=L.name(tc), tokens_per_param=tc.tokens_per_param, compute=at["compute"],
+                            non_embedding_params=at["n"], tokens=at["d"], non_embedding_compute=at["ne"],
+                            final={m: float(f(at["ne"])) for m, f in truth.items()},
+                            config_hash=R.config_hash(tc.identity())))
+        return out
+
+    target = L.target_config(preset)
+    at = predict.size(target)
+    rec = predict.register_loss(tmp_path / "rec.json", target, tmp_path / "base", rows(L.fit_configs(preset)),
+                                validation=rows(L.cap_configs(preset)), curve=L.target_line(preset), n_boot=10)
+    assert rec["prediction"]["target_non_embedding_compute"] == at["ne"] < at["compute"]
+    for m, reg in rec["prediction"]["metrics"].items():
+        assert reg["weights"]["Kaplan L(C)"] > 0.99 and reg["loss"] == pytest.approx(truth[m](at["ne"]), rel=1e-3)
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "config.json").write_text(json.dumps(dict(train=target.to_dict(),
+                                                                   model=target.model_config().to_dict())))
+    (tmp_path / "base" / "done.json").write_text(json.dumps(dict(flops=at["compute"],
+                                                                 final={m: f(at["ne"]) for m, f in truth.items()})))
+    res = predict.verify_loss(tmp_path / "rec.json", tmp_path / "base", tmp_path)
+    assert all(abs(v["rel_error"]) < 1e-3 for v in res["metrics"].values())
+    assert (tmp_path / "fig1_val_text.png").stat().st_size > 10_000
+
+
 def test_the_rule_scores_only_runs_outside_the_fit_and_never_weights_a_non_finite_error(tmp_path):
     """A validation run that is a fit run is refused before anything is written; the combination weights laws by
     1/MSE (Bates-Granger), its interval and validation errors are the same weighted means; a law whose validation
@@ -103,8 +139,9 @@ def test_the_rule_scores_only_runs_outside_the_fit_and_never_weights_a_non_finit
     preset = L.PRESETS["tiny"]
     rows = []
     for tc in L.fit_configs(preset):
-        compute, n, d = predict.size(tc)
-        rows.append(dict(name=L.name(tc), compute=compute, non_embedding_params=n, tokens=d,
+        at = predict.size(tc)
+        rows.append(dict(name=L.name(tc), compute=at["compute"], non_embedding_params=at["n"], tokens=at["d"],
+                         non_embedding_compute=at["ne"],
                          final=dict(heldout_code=3.0, val_text=4.0), config_hash=R.config_hash(tc.identity())))
     with pytest.raises(R.RegistryError, match="outside the fit"):
         predict.register_loss(tmp_path / "rec.json", L.target_config(preset), tmp_path / "t", rows, validation=rows[:1])

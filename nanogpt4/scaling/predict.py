@@ -4,16 +4,18 @@
 the target before the target trains; `verify_loss` compares the finished target with it and draws the figure.
 Compute is normalised so the target is 1, as in the report.
 
-Three laws are fitted on the same fit runs and all three predictions are sealed, before the target starts:
+Four laws are fitted on the same fit runs and all four predictions are sealed, before the target starts:
 Hoffmann et al.'s L(N, D) = E + A·N^-α + B·D^-β and Kaplan et al.'s joint L(N, D) = E + [(A/N)^(α/β) + B/D]^β over
 the ladder's grid of sizes and horizons (N the non-embedding parameters: the fit runs sit at longer horizons than
 the target, so that each is past the in-context copying switch, and a law in N and D carries them to the target's
-horizon), and the report's L(C) = a·C^b + c through total compute. The registered prediction of each metric
-combines the three by a rule sealed with them (Bates & Granger 1969, "The combination of forecasts"): their mean,
-each weighted by the inverse of its mean squared relative error on the validation runs, the capability runs,
-which are not in the fit, sit at the target's horizon and depth, and train before the target. Laws the validation runs can
-tell apart get weights near 0 and 1; a near tie is averaged instead of decided by noise. NOTES.md (2026-12-03,
-2026-12-04) measures the laws and the rules."""
+horizon), the report's L(C) = a·C^b + c through total compute, and Kaplan et al.'s L(C) = a·C^b through
+non-embedding compute (their eq. 1.3: no irreducible term, and the readout, which is most of a narrow run's
+compute, left out). The registered prediction of each metric combines the four by a rule sealed with them
+(Bates & Granger 1969, "The combination of forecasts"): their mean, each weighted by the inverse of its mean
+squared relative error on the validation runs, the capability runs, which are not in the fit, sit at the target's
+horizon and depth, and train before the target. Laws the validation runs can tell apart get weights near 0 and 1;
+a near tie is averaged instead of decided by noise. NOTES.md (2026-12-03, 2026-12-04, 2026-12-06 morning) measures
+the laws and the rules."""
 import json
 from pathlib import Path
 
@@ -25,30 +27,36 @@ from ..runs import read_config
 from . import laws, registry
 
 METRICS = ("heldout_code", "val_text")
-LAWS = {"Hoffmann L(N,D)": laws.ParamTokenFit, "Kaplan L(N,D)": laws.KaplanFit, "a*C^b+c": laws.LossFit}
+LAWS = {"Hoffmann L(N,D)": laws.ParamTokenFit, "Kaplan L(N,D)": laws.KaplanFit, "a*C^b+c": laws.LossFit,
+        "Kaplan L(C)": laws.LossFit}
 RULE = ("the laws' mean weighted by the inverse of their mean squared relative error on the validation runs "
         "(Bates-Granger; equal weights without validation runs)")
 
 
 def size(tc: C.TrainConfig):
-    """(compute, N non-embedding, D) of a run, known before it starts: the variables of the laws."""
+    """The variables of the laws for one run, known before it starts: compute, N (non-embedding parameters), D
+    (tokens) and non-embedding compute."""
     mc = tc.model_config()
-    return C.train_flops(tc), C.count_params(mc, non_embedding=True), C.derive(tc)["tokens"]
+    return dict(compute=C.train_flops(tc), n=C.count_params(mc, non_embedding=True), d=C.derive(tc)["tokens"],
+                ne=C.train_flops(tc, non_embedding=True))
 
 
-def _fitters(compute, n, d):
-    """law → (fit(xs, y, start), the columns it reads, where the target sits in them)."""
+def _fitters(at):
+    """law → (fit(xs, y, start), the columns it reads, where the target sits in them); `at`: the target's `size`."""
+    n, d = at["n"], at["d"]
     return {"Hoffmann L(N,D)": (lambda xs, y, start=None: laws.fit_param_tokens(*xs, y, n_ref=n, d_ref=d, start=start),
                                 ("n", "d"), (n, d)),
             "Kaplan L(N,D)": (lambda xs, y, start=None: laws.fit_kaplan(*xs, y, n_ref=n, d_ref=d, start=start),
                               ("n", "d"), (n, d)),
-            "a*C^b+c": (lambda xs, y, start=None: laws.fit_loss(*xs, y, c_ref=compute, start=start),
-                        ("compute",), (compute,))}
+            "a*C^b+c": (lambda xs, y, start=None: laws.fit_loss(*xs, y, c_ref=at["compute"], start=start),
+                        ("compute",), (at["compute"],)),
+            "Kaplan L(C)": (lambda xs, y, start=None: laws.fit_power(*xs, y, c_ref=at["ne"]), ("ne",), (at["ne"],))}
 
 
 def _cols(rows):
+    """The laws' columns of finished runs (ladder.row's fields), named as in `size`."""
     return dict(compute=[r["compute"] for r in rows], n=[r["non_embedding_params"] for r in rows],
-                d=[r["tokens"] for r in rows])
+                d=[r["tokens"] for r in rows], ne=[r["non_embedding_compute"] for r in rows])
 
 
 def validation_errors(f, keys, vcols, validation, metric):
@@ -61,24 +69,24 @@ def register_loss(path, target_tc: C.TrainConfig, target_run, rows, validation=(
     """Fit every law on the ladder `rows` for each metric, score each on the `validation` rows (not in the fit),
     and register all of them for the target (before it starts), with the rule's combination as the prediction.
     `curve`: training configs along the target's horizon, where Figure 1 draws the L(N, D) laws against compute."""
-    compute, n, d = size(target_tc)
+    at = size(target_tc)
     validation = list(validation)
     held = {r["config_hash"] for r in rows} | {registry.config_hash(target_tc.identity())}
     if any(r["config_hash"] in held for r in validation):
         raise registry.RegistryError("a validation run is a fit run or the target: the rule must score the laws "
                                      "on runs outside the fit")
     cols, vcols = _cols(rows), _cols(validation)
-    prediction = dict(target_compute=compute, target_non_embedding_params=n, target_tokens=d, level=level,
-                      curve=[dict(zip(("compute", "n", "d"), size(tc))) for tc in curve], rule=RULE,
+    prediction = dict(target_compute=at["compute"], target_non_embedding_params=at["n"], target_tokens=at["d"],
+                      target_non_embedding_compute=at["ne"], level=level, curve=[size(tc) for tc in curve], rule=RULE,
                       validation_runs=[dict(name=r["name"], compute=r["compute"], config_hash=r["config_hash"],
                                             final=r["final"]) for r in validation],
                       laws={}, metrics={})
     for m in metrics:
         loss, prediction["laws"][m] = [r["final"][m] for r in rows], {}
-        for law, (fit, keys, at) in _fitters(compute, n, d).items():
+        for law, (fit, keys, where) in _fitters(at).items():
             xs = [cols[k] for k in keys]
             f = fit(xs, loss)
-            point, lo, hi = laws.bootstrap(fit, xs, loss, at, n=n_boot, level=level, full=f)
+            point, lo, hi = laws.bootstrap(fit, xs, loss, where, n=n_boot, level=level, full=f)
             errs = validation_errors(f, keys, vcols, validation, m)
             prediction["laws"][m][law] = dict(law=law, loss=point, interval=[lo, hi], fit=f.to_dict(),
                                               validation_errors=errs,
@@ -149,6 +157,12 @@ def compare(pred, measured):
                 in_interval=lo <= measured <= hi)
 
 
+def _bar(point, lo, hi):
+    """Error-bar lengths of an interval around a point; a bootstrap interval need not contain the full-data fit's
+    point (its resamples may all land on one side), and matplotlib refuses negative lengths."""
+    return [[max(point - lo, 0.0)], [max(hi - point, 0.0)]]
+
+
 def plot_loss(record, metric, measured, target_compute, path, others=()):
     """Figure 1 analogue: ladder runs, the registered laws (each L(N, D) along the target's horizon; the report's
     a·C^b + c through compute), their registered predictions, the validation runs and the measured target."""
@@ -162,22 +176,26 @@ def plot_loss(record, metric, measured, target_compute, path, others=()):
     curve = record["prediction"]["curve"]
     x = np.array([r["compute"] for r in runs]) / ref
     xs = np.logspace(np.log10(x.min()) - 0.2, np.log10(max(1.0, target_compute / ref)) + 0.2, 200)
-    styles = {"Hoffmann L(N,D)": ("-", "tab:gray"), "Kaplan L(N,D)": ("--", "tab:purple"), "a*C^b+c": (":", "tab:brown")}
+    styles = {"Hoffmann L(N,D)": ("-", "tab:gray"), "Kaplan L(N,D)": ("--", "tab:purple"), "a*C^b+c": (":", "tab:brown"),
+              "Kaplan L(C)": ("-.", "tab:olive")}
     for i, (law, p) in enumerate(preds.items()):
         fit, (ls, colour) = LAWS[law](**p["fit"]), styles[law]
         chosen = (" (the registered prediction)" if law == pred["law"] else
                   f", weight {pred['weights'][law]:.2f}" if "weights" in pred else "")
         if law == "a*C^b+c":
             ax.plot(xs, fit.predict(xs * ref), ls, color=colour, label=f"{law}: {fit.a:.3f}·C^{fit.b:.3f} + {fit.c:.3f}")
+        elif law == "Kaplan L(C)" and curve:  # drawn against total compute along the target's horizon
+            ax.plot([c["compute"] / ref for c in curve], fit.predict([c["ne"] for c in curve]), ls, color=colour,
+                    label=f"{law}: {fit.a:.3f}·C_ne^{fit.b:.3f}, at the target's horizon")
         elif curve:
             ax.plot([c["compute"] / ref for c in curve], fit.predict([c["n"] for c in curve], [c["d"] for c in curve]),
                     ls, color=colour, label=f"{law} at the target's horizon, E = {fit.E:.2f}")
         lo, hi = p["interval"]
-        ax.errorbar([1.0 * (1 + 0.04 * (i - 1.5))], [p["loss"]], yerr=[[p["loss"] - lo], [hi - p["loss"]]], fmt="o",
+        ax.errorbar([1.0 * (1 + 0.04 * (i - 1.5))], [p["loss"]], yerr=_bar(p["loss"], lo, hi), fmt="o",
                     color=colour, capsize=4, ms=4, label=f"registered, {law}: {p['loss']:.4f} [{lo:.4f}, {hi:.4f}]{chosen}")
     if "weights" in pred:  # the registered prediction is the laws' combination (RULE)
         lo, hi = pred["interval"]
-        ax.errorbar([1.06], [pred["loss"]], yerr=[[pred["loss"] - lo], [hi - pred["loss"]]], fmt="D", color="black",
+        ax.errorbar([1.09], [pred["loss"]], yerr=_bar(pred["loss"], lo, hi), fmt="D", color="black",
                     capsize=5, ms=6, zorder=5, label=f"registered, the combination: {pred['loss']:.4f} [{lo:.4f}, {hi:.4f}]")
     horizons = sorted({r["tokens_per_param"] for r in runs})
     for i, h in enumerate(horizons):
