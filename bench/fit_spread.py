@@ -46,6 +46,8 @@ def main():
     pred = json.loads((d / "prediction_loss.json").read_text())["prediction"]
     target = dict(compute=pred["target_compute"], n=pred["target_non_embedding_params"], d=pred["target_tokens"],
                   ne=pred.get("target_non_embedding_compute"))  # None in records sealed before the fourth law
+    if "laws" not in pred:
+        raise SystemExit(f"{d / 'prediction_loss.json'} was sealed before every law was registered: nothing to refit")
     verified = json.loads((d / "verify_loss.json").read_text())["metrics"] if (d / "verify_loss.json").exists() else {}
     rng = np.random.default_rng(args.seed)
     for metric in pred["metrics"]:

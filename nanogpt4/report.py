@@ -309,9 +309,11 @@ def scaling_section(out):
                      if pred.get("validation_runs") else "")
                   + f". Interval: {pred['level']:.0%} bootstrap over ladder runs.", ""]
     if ver:
-        lines += ["Three laws were fitted on the fit runs and sealed together: Hoffmann et al.'s L(N, D) = E + A·N^-α + "
-                  "B·D^-β, Kaplan et al.'s L(N, D) = E + [(A/N)^(α/β) + B/D]^β (N the non-embedding parameters) and "
-                  f"the report's a·C^b + c through total compute. The registered prediction is {ver['rule']}: the "
+        from .scaling import predict
+        fitted = list(next(iter(ver["metrics"].values()))["laws"])
+        lines += [f"{len(fitted)} laws were fitted on the fit runs and sealed together: "
+                  + "; ".join(predict.DESCRIPTIONS.get(law, law) for law in fitted)
+                  + f" (N the non-embedding parameters). The registered prediction is {ver['rule']}: the "
                   "capability runs, not in the fit, at the target's horizon (`nanogpt4/scaling/predict.py`; NOTES.md "
                   "compares the laws and the rules).", "",
                   "| metric, law | validation error | weight | predicted | interval | measured | error | in interval |",

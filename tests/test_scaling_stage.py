@@ -81,7 +81,8 @@ def test_tiny_preset_end_to_end(tiny_tokens, tmp_path):
     assert he["problems"] == 164 and 0 <= he["pass@1"] <= 1
     assert isinstance(he["prompts_cut"], dict) and isinstance(he["completion_budget_reduced"], dict)
     report_md = report.write(root).read_text()
-    for needle in ("## Predictable scaling", "Registered prediction", "fig1_heldout_code.png", "**combination** (registered)"):
+    for needle in ("## Predictable scaling", "Registered prediction", "fig1_heldout_code.png", "**combination** (registered)",
+                   "4 laws were fitted", "Kaplan et al.'s a·C^b through non-embedding compute"):  # the laws sealed
         assert needle in report_md, needle
     # the target's config changed after registration: verification refuses it
     cfg_path = root / "scaling" / "target" / "config.json"

@@ -6,9 +6,8 @@ Compute is normalised so the target is 1, as in the report.
 
 Four laws are fitted on the same fit runs and all four predictions are sealed, before the target starts:
 Hoffmann et al.'s L(N, D) = E + A·N^-α + B·D^-β and Kaplan et al.'s joint L(N, D) = E + [(A/N)^(α/β) + B/D]^β over
-the ladder's grid of sizes and horizons (N the non-embedding parameters: the fit runs sit at longer horizons than
-the target, so that each is past the in-context copying switch, and a law in N and D carries them to the target's
-horizon), the report's L(C) = a·C^b + c through total compute, and Kaplan et al.'s L(C) = a·C^b through
+the ladder's grid of sizes and horizons (N the non-embedding parameters: a law in N and D carries fit runs at other
+horizons than the target's to the target's), the report's L(C) = a·C^b + c through total compute, and Kaplan et al.'s L(C) = a·C^b through
 non-embedding compute (their eq. 1.3: no irreducible term, and the readout, which is most of a narrow run's
 compute, left out). The registered prediction of each metric combines the four by a rule sealed with them
 (Bates & Granger 1969, "The combination of forecasts"): their mean, each weighted by the inverse of its mean
@@ -29,6 +28,10 @@ from . import laws, registry
 METRICS = ("heldout_code", "val_text")
 LAWS = {"Hoffmann L(N,D)": laws.ParamTokenFit, "Kaplan L(N,D)": laws.KaplanFit, "a*C^b+c": laws.LossFit,
         "Kaplan L(C)": laws.LossFit}
+DESCRIPTIONS = {"Hoffmann L(N,D)": "Hoffmann et al.'s L(N, D) = E + A·N^-α + B·D^-β",
+                "Kaplan L(N,D)": "Kaplan et al.'s L(N, D) = E + [(A/N)^(α/β) + B/D]^β",
+                "a*C^b+c": "the report's a·C^b + c through total compute",
+                "Kaplan L(C)": "Kaplan et al.'s a·C^b through non-embedding compute"}  # N: non-embedding parameters
 RULE = ("the laws' mean weighted by the inverse of their mean squared relative error on the validation runs "
         "(Bates-Granger; equal weights without validation runs)")
 
@@ -68,7 +71,8 @@ def register_loss(path, target_tc: C.TrainConfig, target_run, rows, validation=(
                   n_boot=1000, level=0.9):
     """Fit every law on the ladder `rows` for each metric, score each on the `validation` rows (not in the fit),
     and register all of them for the target (before it starts), with the rule's combination as the prediction.
-    `curve`: training configs along the target's horizon, where Figure 1 draws the L(N, D) laws against compute."""
+    `curve`: training configs along the target's horizon, where Figure 1 draws the laws in N, D or non-embedding
+    compute against total compute."""
     at = size(target_tc)
     validation = list(validation)
     held = {r["config_hash"] for r in rows} | {registry.config_hash(target_tc.identity())}
@@ -164,8 +168,9 @@ def _bar(point, lo, hi):
 
 
 def plot_loss(record, metric, measured, target_compute, path, others=()):
-    """Figure 1 analogue: ladder runs, the registered laws (each L(N, D) along the target's horizon; the report's
-    a·C^b + c through compute), their registered predictions, the validation runs and the measured target."""
+    """Figure 1 analogue: ladder runs, the registered laws (those in N, D or non-embedding compute along the target's
+    horizon; the report's a·C^b + c through compute), their registered predictions, the validation runs and the
+    measured target."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
