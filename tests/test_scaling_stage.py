@@ -24,6 +24,18 @@ def test_finished_run_is_reused_only_with_the_same_config_and_model(tmp_path):
         assert (L.finished(tc, tmp_path) is not None) == reused
 
 
+def test_a_finished_ladder_is_listed_again_without_measuring_it_again(tiny_tokens, tmp_path, monkeypatch):
+    tc = L.fit_configs(L.PRESETS["tiny"])[0]
+    rows = L.run_ladder(tmp_path, tiny_tokens / "tokenizer" / "tokens", [tc])
+    measured = []
+    real = L.pretrain.loss_by_position
+    monkeypatch.setattr(L.pretrain, "loss_by_position", lambda *a: measured.append(1) or real(*a))
+    assert L.run_ladder(tmp_path, tiny_tokens / "tokenizer" / "tokens", [tc]) == rows and not measured
+    done = tmp_path / "ladder" / L.name(tc) / "done.json"  # another finished run in that directory: measured again
+    done.write_text(done.read_text().replace('"step"', '"steps_seen"'))
+    assert L.run_ladder(tmp_path, tiny_tokens / "tokenizer" / "tokens", [tc])[0]["icl"] == rows[0]["icl"] and measured
+
+
 def test_dial_below_one_layer_and_compute_known_in_advance():
     mc = L.rung(L.PRESETS["cpu"], 16, 8, 1).model_config()
     assert (mc.n_layer, mc.n_embd, mc.n_head, mc.head_dim) == (2, 16, 1, 16)  # min_depth 2 on the CPU preset

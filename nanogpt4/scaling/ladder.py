@@ -19,11 +19,13 @@ attention term 12·L·T·d per token (config.flops_per_token), and is known befo
 Runs are resumable and skipped when complete: a run directory holds one config (pretrain.record_config refuses
 another), so a killed ladder re-run continues where it stopped.
 """
+import hashlib
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .. import config as C
+from ..common import atomic_write_json
 from ..runs import read_config
 from ..train import pretrain
 from .registry import config_hash
@@ -149,14 +151,21 @@ def train_run(tc: C.TrainConfig, run: Path, tokens_dir, quiet=True):
 def copying(run, n_tokens=2 ** 16):
     """In-context learning score of a finished run on held-out code: mean loss at the first 8 positions minus
     that over the last five eighths of the window (positions 96-255 of 256; Olsson et al. 2022). A run that copies from its context scores ~1 or more;
-    below the copying switch a run scores ~0.5 (NOTES.md, 2026-11-25)."""
+    below the copying switch a run scores ~0.5 (NOTES.md, 2026-11-25). Kept in the run's copying.json beside the
+    sha256 of the done.json it measured, so listing a finished ladder again measures nothing."""
     from ..data import shards
     from ..runs import load
+    cache, done = Path(run) / "copying.json", hashlib.sha256((Path(run) / "done.json").read_bytes()).hexdigest()
+    key = dict(done_sha256=done, n_tokens=n_tokens)
+    if cache.exists() and (kept := json.loads(cache.read_text()))["key"] == key:
+        return kept["score"]
     loaded = load(run, "cpu")
     T = loaded.model.cfg.seq_len
     per_pos = pretrain.loss_by_position(loaded.model, *pretrain.eval_windows(
         shards.load(loaded.config["tokens_dir"], "heldout_code"), T, n_tokens))
-    return float(per_pos[:8].mean() - per_pos[3 * T // 8:].mean())
+    score = float(per_pos[:8].mean() - per_pos[3 * T // 8:].mean())
+    atomic_write_json(cache, dict(key=key, score=score))
+    return score
 
 
 def row(tc: C.TrainConfig, run: Path, done: dict):
