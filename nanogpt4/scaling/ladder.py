@@ -19,13 +19,12 @@ attention term 12·L·T·d per token (config.flops_per_token), and is known befo
 Runs are resumable and skipped when complete: a run directory holds one config (pretrain.record_config refuses
 another), so a killed ladder re-run continues where it stopped.
 """
-import hashlib
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .. import config as C
-from ..common import atomic_write_json
+from ..common import atomic_write_json, sha256_file
 from ..runs import read_config
 from ..train import pretrain
 from .registry import config_hash
@@ -155,7 +154,7 @@ def copying(run, n_tokens=2 ** 16):
     sha256 of the done.json it measured, so listing a finished ladder again measures nothing."""
     from ..data import shards
     from ..runs import load
-    cache, done = Path(run) / "copying.json", hashlib.sha256((Path(run) / "done.json").read_bytes()).hexdigest()
+    cache, done = Path(run) / "copying.json", sha256_file(Path(run) / "done.json")
     key = dict(done_sha256=done, n_tokens=n_tokens)
     if cache.exists() and (kept := json.loads(cache.read_text()))["key"] == key:
         return kept["score"]
